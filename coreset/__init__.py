@@ -1,0 +1,1 @@
+"""coreset: per-sample gradient importance and coreset selection."""

@@ -1,0 +1,90 @@
+"""The command line every job shares: ``--config FILE --root URI --set key=value ...``.
+
+Bad input ends the job with one line on stderr and a non-zero exit code, before any
+work starts and without touching what a study root already holds.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+import yaml
+
+from coreset import layout
+from coreset.config import ConfigError, StudyConfig, config_from_dict, load_config
+from coreset.storage import StorageError, StudyRoot
+
+# Sections whose change makes an existing study root a different study.
+_IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "model.name", "model.pretrained")
+
+
+@dataclass
+class JobArgs:
+    config: StudyConfig
+    root: StudyRoot
+    address: str | None
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="study YAML (jobs/configs/*.yaml)")
+    p.add_argument("--root", help="study root: a local path or s3://, gs:// URI (default results/<name>)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides with dotted keys, e.g. --set train.epochs=3 data.root=/data")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    return p
+
+
+def parse_job_args(description: str, argv: Sequence[str] | None = None,
+                   extend: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[JobArgs, argparse.Namespace]:
+    """Parse and validate the common job arguments; exits with one line on error."""
+    p = parser(description)
+    if extend:
+        extend(p)
+    ns = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = absolute_paths(load_config(ns.config, ns.overrides))
+        root = StudyRoot(ns.root or f"results/{cfg.name}")
+        record_config(cfg, root)
+    except (ConfigError, StorageError) as e:
+        fail(str(e))
+    return JobArgs(cfg, root, ns.address), ns
+
+
+def absolute_paths(cfg: StudyConfig) -> StudyConfig:
+    """Resolve local data paths against the submitting directory: Ray workers run elsewhere."""
+    def resolve(p: str) -> str:
+        return p if (not p or "://" in p) else str(Path(os.path.expanduser(p)).resolve())
+
+    data = dataclasses.replace(cfg.data, root=resolve(cfg.data.root), cache_dir=resolve(cfg.data.cache_dir))
+    return dataclasses.replace(cfg, data=data)
+
+
+def record_config(cfg: StudyConfig, root: StudyRoot) -> None:
+    """Save the resolved config in the root; refuse a root that holds a different study."""
+    if root.exists(layout.CONFIG):
+        old = config_from_dict(yaml.safe_load(root.read_bytes(layout.CONFIG)))
+        for key in _IDENTITY_KEYS:
+            a, b = _get(old, key), _get(cfg, key)
+            if a != b:
+                raise ConfigError(f"{root.url()} holds a study with {key}={a!r}, not {b!r}; use another --root")
+    root.write_bytes(layout.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+
+
+def _get(cfg: StudyConfig, dotted: str) -> object:
+    obj: object = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,64 @@
+"""Source training on Ray Train: one TorchTrainer worker, or data-parallel DDP workers
+(NCCL on GPUs, gloo on CPUs). The study root, not Ray Train's storage, holds the
+checkpoints and tables, so a restarted job resumes from the root whatever happened to
+the cluster.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from coreset.cluster.runtime import gpus_available
+from coreset.config import StudyConfig, config_from_dict
+from coreset.source import SourceResult, read_source_result, train_source
+from coreset.storage import StudyRoot
+
+log = logging.getLogger("coreset")
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(int(config["threads"]))
+    cfg = config_from_dict(config["study"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+
+    train_source(cfg, StudyRoot(config["root"]), rank=rank, world=world, wrap=wrap, device=device,
+                 report=lambda metrics: ray.train.report(metrics))
+
+
+def run_source_training(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> SourceResult:
+    """Train the source model on the cluster (skipped when the root already holds it)."""
+    done = read_source_result(root)
+    if done is not None:
+        log.info("source training already finished in %s (best epoch %d)", root.url(), done.best_epoch)
+        return done
+    workers = cfg.train.workers
+    use_gpu = cfg.train.use_gpu == "yes" or (cfg.train.use_gpu == "auto" and gpus_available(resources) >= workers)
+    cpus = cfg.train.cpus_per_worker or max(1, int(resources.get("CPU", 1)) // workers)
+    trainer = ray.train.torch.TorchTrainer(
+        _train_loop,
+        train_loop_config={"study": cfg.to_dict(), "root": root.uri, "threads": cpus, "use_gpu": use_gpu},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(name=f"{cfg.name}-source", storage_path=_storage_path(root),
+                                       failure_config=ray.train.FailureConfig(max_failures=2)),
+    )
+    trainer.fit()
+    result = read_source_result(root)
+    if result is None:
+        raise RuntimeError(f"source training ended without writing {root.url('source/done.json')}")
+    return result
+
+
+def _storage_path(root: StudyRoot) -> str:
+    return os.path.join(root.uri, "source", "ray_train") if root.local else f"{root.uri}/source/ray_train"

@@ -1,0 +1,264 @@
+"""A study is one YAML file, loaded into typed, validated, frozen config objects.
+
+Validation happens at load time, so a typo or an impossible value fails before any
+cluster work starts, with one line naming the key and what is allowed. Command-line
+overrides use dotted keys: ``--set train.epochs=3 data.root=/data``; values are parsed
+as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or an impossible value."""
+
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how the train split is cut.
+
+    ``root`` is a directory holding the dataset in torchvision's layout, an ImageFolder
+    tree (``train/`` and ``val/`` or ``test/``), or an archive of one (``.tar.gz``); the
+    shared ``../shared/data`` folder works for mnist and cifar10 (JPEG). Nothing is
+    downloaded unless ``download`` is true.
+    """
+
+    name: str = "mnist"
+    root: str = "../shared/data"
+    download: bool = False
+    val_fraction: float = 0.1
+    augment: bool = True
+    image_size: int = 0  # 0: the dataset's native size (folders: 224)
+    cache_dir: str = ""  # where archives are extracted; default ~/.cache/coreset
+    max_decoded_gb: float = 4.0  # folder datasets up to this size are decoded once into memory
+    loader_workers: int = 2
+    synthetic_size: int = 512  # train images of the synthetic set
+    synthetic_classes: int = 4
+
+    def validate(self) -> None:
+        _choice("data.name", self.name, DATASETS)
+        _range("data.val_fraction", self.val_fraction, 0.0, 0.9, lo_open=False)
+        _at_least("data.image_size", self.image_size, 0)
+        _at_least("data.loader_workers", self.loader_workers, 0)
+        _at_least("data.synthetic_size", self.synthetic_size, 8)
+        _at_least("data.synthetic_classes", self.synthetic_classes, 2)
+        if self.max_decoded_gb < 0:
+            raise ConfigError(f"data.max_decoded_gb must be >= 0, got {self.max_decoded_gb}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The source model, looked up by name in :data:`coreset.models.MODELS`."""
+
+    name: str = "mnist_cnn"
+    pretrained: bool = False
+
+    def validate(self) -> None:
+        from coreset.models import MODELS
+
+        _choice("model.name", self.name, tuple(MODELS.names()))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Source training: SGD with momentum and weight decay (DeepCore-like defaults)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[int, ...] = ()  # step schedule: epochs at which lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    early_stopping_patience: int = 0  # epochs without validation gain before stopping; 0: off
+    probe_size: int = 512  # training images whose gradient norms are tracked every epoch
+    workers: int = 1  # data-parallel Ray Train workers (1: a single process)
+    cpus_per_worker: int = 0  # 0: all CPUs of the node divided by workers
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    amp: bool = True  # bfloat16/float16 autocast on CUDA; ignored on CPU
+
+    def validate(self) -> None:
+        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.batch_size", self.batch_size, 1)
+        _at_least("train.eval_batch_size", self.eval_batch_size, 1)
+        _range("train.lr", self.lr, 0.0, 10.0)
+        _range("train.momentum", self.momentum, 0.0, 1.0, lo_open=False, hi_open=True)
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
+        if self.schedule == "step" and not self.milestones:
+            raise ConfigError("train.milestones must list at least one epoch when train.schedule is 'step'")
+        if any(m < 1 or m > self.epochs for m in self.milestones):
+            raise ConfigError(f"train.milestones must lie in [1, train.epochs={self.epochs}], got {list(self.milestones)}")
+        _range("train.gamma", self.gamma, 0.0, 1.0, hi_open=False)
+        _range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1, lo_open=False, hi_open=False)
+        _at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
+        _at_least("train.probe_size", self.probe_size, 0)
+        _at_least("train.workers", self.workers, 1)
+        _at_least("train.cpus_per_worker", self.cpus_per_worker, 0)
+        _choice("train.use_gpu", self.use_gpu, ("auto", "yes", "no"))
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One study: data, source model and source training (later stages add sections)."""
+
+    name: str = "study"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a non-empty string without '/', got {self.name!r}")
+        _at_least("seed", self.seed, 0)
+        for f in fields(self):
+            sub = getattr(self, f.name)
+            if dataclasses.is_dataclass(sub):
+                sub.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Load a study YAML (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p} must hold a mapping at top level, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
+    """Build and validate a :class:`StudyConfig` from plain data (e.g. a saved resolved config)."""
+    cfg = _build(StudyConfig, raw, prefix="")
+    cfg.validate()
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, _, value = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        node = nxt
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown key {prefix}{key}; allowed: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, prefix=key + ".")
+    if origin is Literal:
+        _choice(key, value, typing.get_args(tp))
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(key, inner, value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config field {key} has unsupported type {tp}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def _at_least(key: str, value: float, lo: float) -> None:
+    if value < lo:
+        raise ConfigError(f"{key} must be >= {lo}, got {value}")
+
+
+def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = True, hi_open: bool = False) -> None:
+    bad = (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi)
+    if bad:
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ConfigError(f"{key} must lie in {lb}{lo}, {hi}{rb}, got {value}")

@@ -1,0 +1,51 @@
+"""Datasets by name, their canonical sample ids, the validation split and batch loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from coreset.config import DataConfig
+from coreset.data.imageset import ImageSet
+from coreset.data.loader import Batches
+from coreset.data.sources import DataError, load_splits, native_size
+from coreset.data.split import probe_ids, train_val_split
+from coreset.data.transforms import BatchTransform
+from coreset.models.base import InputSpec
+
+
+@dataclass
+class Datasets:
+    """Everything a stage needs about the data of a study."""
+
+    config: DataConfig
+    train: ImageSet  # the whole canonical train set; the split says which ids are 'val'
+    test: ImageSet
+    size: int
+
+    @property
+    def spec(self) -> InputSpec:
+        return InputSpec(self.train.channels, self.size, self.train.num_classes)
+
+    def transform(self) -> BatchTransform:
+        return BatchTransform.for_dataset(self.config.name, self.train.channels, self.size, self.config.augment)
+
+    def batches(self, split: str, ids: np.ndarray | None, batch_size: int, train: bool = False,
+                shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1) -> Batches:
+        """Batches over ``ids`` of the 'train' set (train/val ids) or of the 'test' set (all when None)."""
+        ds = self.test if split == "test" else self.train
+        if ids is None:
+            ids = np.arange(len(ds))
+        return Batches(ds, ids, batch_size, self.transform(), train=train, shuffle=shuffle, seed=seed,
+                       rank=rank, world=world, loader_workers=self.config.loader_workers)
+
+
+def load_datasets(cfg: DataConfig) -> Datasets:
+    """Load ``cfg``'s dataset (train and test splits, canonical order)."""
+    train, test = load_splits(cfg)
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"{cfg.name} under {cfg.root} has an empty split")
+    return Datasets(cfg, train, test, native_size(cfg))
+
+
+__all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "train_val_split"]

@@ -1,0 +1,93 @@
+"""Mini-batches of ``(x, y, sample_id)`` over a chosen set of sample ids.
+
+One class serves training (shuffled, augmented, sharded across data-parallel ranks),
+evaluation and the gradient stage (ordered, no augmentation). Decoded datasets are
+sliced directly from memory; file-backed ones go through a torch DataLoader whose
+workers decode JPEGs.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from coreset.data.imageset import ImageSet, _resize_center_crop
+from coreset.data.transforms import BatchTransform
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Batches:
+    """Iterable over batches of ``ids`` (canonical sample ids of ``dataset``).
+
+    ``shuffle`` draws a new permutation each epoch from ``(seed, epoch)``, identical on
+    every rank; rank ``r`` of ``world`` takes every ``world``-th id of it, truncated so
+    all ranks run the same number of steps (a DDP requirement).
+    """
+
+    def __init__(self, dataset: ImageSet, ids: Sequence[int] | np.ndarray | torch.Tensor, batch_size: int,
+                 transform: BatchTransform, train: bool = False, shuffle: bool = False, seed: int = 0,
+                 rank: int = 0, world: int = 1, loader_workers: int = 2) -> None:
+        self.dataset = dataset
+        self.ids = torch.as_tensor(np.asarray(ids), dtype=torch.int64)
+        if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= len(dataset)):
+            raise IndexError(f"sample ids must lie in [0, {len(dataset)})")
+        self.batch_size = batch_size
+        self.transform = transform
+        self.train = train
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank, self.world = rank, world
+        self.loader_workers = loader_workers
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        ids = self.ids
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            ids = ids[torch.randperm(len(ids), generator=g)]
+        if self.world > 1:
+            per_rank = len(ids) // self.world
+            ids = ids[self.rank :: self.world][:per_rank]
+        return ids
+
+    def __len__(self) -> int:
+        n = len(self.ids) // self.world if self.world > 1 else len(self.ids)
+        return (n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._order()
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch * 31 + self.rank)
+        if self.dataset.in_memory:
+            assert self.dataset.images is not None
+            for start in range(0, len(order), self.batch_size):
+                ids = order[start : start + self.batch_size]
+                x = self.transform(self.dataset.images[ids], self.train, g)
+                yield x, self.dataset.labels[ids], ids
+            return
+        loader = DataLoader(_Decoded(self.dataset, self.transform.size), batch_size=self.batch_size,
+                            sampler=order.tolist(), num_workers=self.loader_workers,
+                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+        for images, labels, ids in loader:
+            yield self.transform(images, self.train, g), labels, ids
+
+
+class _Decoded(Dataset):
+    """File-backed images decoded to uint8 squares of ``size`` in loader workers."""
+
+    def __init__(self, dataset: ImageSet, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Batch:
+        im = _resize_center_crop(self.dataset.decode(index), self.size)
+        arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+        arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
+        return arr, self.dataset.labels[index], torch.tensor(index)

@@ -1,0 +1,204 @@
+"""Find a dataset under ``data.root`` and load its train and test splits.
+
+Resolution order for each name: torchvision's own format (its classes, downloading
+only when ``download`` is true), then an ImageFolder tree, then an archive of one
+(extracted once into the cache, never into the repository). The shared data folder of
+this project holds MNIST's official files and JPEG archives of CIFAR-10 and
+Tiny-ImageNet-10, all of which resolve here.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from coreset.config import DataConfig
+from coreset.data.imageset import ImageSet, decode_files
+
+_TORCHVISION = {
+    "mnist": ("MNIST", 1, 28),
+    "fashion_mnist": ("FashionMNIST", 1, 28),
+    "cifar10": ("CIFAR10", 3, 32),
+    "cifar100": ("CIFAR100", 3, 32),
+}
+_ARCHIVES = {"cifar10": "cifar10-jpg.tar.gz", "cifar100": "cifar100-jpg.tar.gz"}
+_TEST_DIRS = ("test", "val")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, empty or inconsistent."""
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    return Path(os.path.expanduser(cfg.cache_dir or os.environ.get("CORESET_CACHE", "~/.cache/coreset")))
+
+
+def native_size(cfg: DataConfig) -> int:
+    """The image size models see: the config's, or the dataset's native one."""
+    if cfg.image_size:
+        return cfg.image_size
+    if cfg.name in _TORCHVISION:
+        return _TORCHVISION[cfg.name][2]
+    return 16 if cfg.name == "synthetic" else 224
+
+
+def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """(train, test) in canonical order for ``cfg``."""
+    if cfg.name == "synthetic":
+        from coreset.data.synthetic import synthetic_splits
+
+        return synthetic_splits(cfg.synthetic_size, cfg.synthetic_classes, native_size(cfg))
+    root = Path(os.path.expanduser(cfg.root))
+    if cfg.name in _TORCHVISION:
+        found = _torchvision_splits(cfg, root)
+        if found is not None:
+            return found
+    folder = _find_folder(cfg, root)
+    if folder is None:
+        raise DataError(f"no {cfg.name} data under {root} (looked for torchvision files, an ImageFolder tree and an archive); "
+                        f"set data.root, or data.download=true where torchvision can download it")
+    channels = _TORCHVISION[cfg.name][1] if cfg.name in _TORCHVISION else 3
+    return _folder_splits(cfg, folder, channels)
+
+
+# --------------------------------------------------------------------------- torchvision formats
+
+
+def _torchvision_splits(cfg: DataConfig, root: Path) -> tuple[ImageSet, ImageSet] | None:
+    cls_name, channels, _ = _TORCHVISION[cfg.name]
+    cls = getattr(torchvision.datasets, cls_name)
+    tv_root = root
+    if cfg.name == "mnist" and (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        tv_root = _stage_mnist_gz(root / "mnist", cache_dir(cfg))
+    try:
+        train = cls(str(tv_root), train=True, download=cfg.download)
+        test = cls(str(tv_root), train=False, download=cfg.download)
+    except RuntimeError:
+        if cfg.download:
+            raise
+        return None
+    return _from_torchvision(train, channels), _from_torchvision(test, channels)
+
+
+def _from_torchvision(ds: torchvision.datasets.VisionDataset, channels: int) -> ImageSet:
+    data = ds.data  # type: ignore[attr-defined]
+    images = torch.as_tensor(np.asarray(data))
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(ds.targets))  # type: ignore[attr-defined]
+    return ImageSet(labels=labels, classes=list(ds.classes), channels=channels, images=images.contiguous())  # type: ignore[attr-defined]
+
+
+def _stage_mnist_gz(src: Path, cache: Path) -> Path:
+    """Decompress the official MNIST .gz files into torchvision's ``MNIST/raw`` layout."""
+    raw = cache / "torchvision" / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in src.glob("*-ubyte.gz"):
+        target = raw / gz.name[: -len(".gz")]
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            with gzip.open(gz, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(target)
+    return cache / "torchvision"
+
+
+# --------------------------------------------------------------------------- folders and archives
+
+
+def _find_folder(cfg: DataConfig, root: Path) -> Path | None:
+    """A directory holding ``train/`` and ``test/`` or ``val/``, possibly inside an archive."""
+    candidates = [root, root / cfg.name]
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        candidates = [_extract(root, cache_dir(cfg))]
+    elif cfg.name in _ARCHIVES and (root / _ARCHIVES[cfg.name]).is_file():
+        candidates.append(_extract(root / _ARCHIVES[cfg.name], cache_dir(cfg)))
+    for c in list(candidates):
+        if c.is_dir():
+            candidates += sorted(p for p in c.iterdir() if p.is_dir())
+    for c in candidates:
+        if (c / "train").is_dir() and any((c / t).is_dir() for t in _TEST_DIRS):
+            return c
+    return None
+
+
+def _extract(archive: Path, cache: Path) -> Path:
+    """Extract ``archive`` once into the cache (atomically: a half extraction is never used)."""
+    digest = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache / "extracted" / f"{archive.name.split('.')[0]}-{digest}"
+    if target.is_dir():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"cannot extract {archive}: {e}") from None
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _list_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    files: list[Path] = []
+    labels: list[int] = []
+    for i, c in enumerate(classes):
+        for f in sorted((split_dir / c).rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                files.append(f)
+                labels.append(i)
+    if not files:
+        raise DataError(f"no images under {split_dir}")
+    return classes, files, labels
+
+
+def _folder_splits(cfg: DataConfig, folder: Path, channels: int) -> tuple[ImageSet, ImageSet]:
+    test_dir = next(folder / t for t in _TEST_DIRS if (folder / t).is_dir())
+    train_classes, train_files, train_labels = _list_folder(folder / "train")
+    test_classes, test_files, test_labels = _list_folder(test_dir)
+    if train_classes != test_classes:
+        only = sorted(set(train_classes) ^ set(test_classes))
+        raise DataError(f"class folders of {folder / 'train'} and {test_dir} differ: {', '.join(only[:5])}")
+    size = native_size(cfg)
+    est_gb = (len(train_files) + len(test_files)) * channels * size * size / 1e9
+    decoded = est_gb <= cfg.max_decoded_gb
+    sets = []
+    for split_dir, files, labels in ((folder / "train", train_files, train_labels), (test_dir, test_files, test_labels)):
+        paths = [str(f.relative_to(split_dir)) for f in files]
+        lab = torch.tensor(labels)
+        if decoded:
+            images = _decoded_cached(files, channels, size, cache_dir(cfg))
+            sets.append(ImageSet(lab, train_classes, channels, images=images, paths=paths))
+        else:
+            sets.append(ImageSet(lab, train_classes, channels, files=files, paths=paths))
+    return sets[0], sets[1]
+
+
+def _decoded_cached(files: list[Path], channels: int, size: int, cache: Path) -> torch.Tensor:
+    """Decode once per machine: the uint8 array is kept as ``.npy`` in the cache (no pickle)."""
+    h = hashlib.sha256()
+    for f in (files[0], files[-1]):
+        h.update(str(f.resolve()).encode())
+    h.update(f"{len(files)}:{channels}:{size}".encode())
+    path = cache / "decoded" / f"{h.hexdigest()[:20]}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    images = decode_files(files, channels, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+    np.save(tmp, images.numpy(), allow_pickle=False)
+    tmp.replace(path)
+    return images

@@ -1,0 +1,29 @@
+"""Progress of long loops (batches, ETA) on a log line at most every few seconds.
+
+Log files of cluster jobs stay readable: no carriage-return bars, no per-batch lines.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("coreset")
+
+
+class Progress:
+    """Counts steps of a loop of known length and logs rate and ETA every ``every_s`` seconds."""
+
+    def __init__(self, label: str, total: int, every_s: float = 15.0) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def step(self, n: int = 1, **info: float) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.start)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+            log.info("%s %d/%d (%.1f/s, ETA %.0fs) %s", self.label, self.done, self.total, rate, eta, extra)

@@ -1,0 +1,189 @@
+"""Source training: the model whose gradients score the training images.
+
+Epoch 0 is the random initialisation; after each epoch the weights are checkpointed,
+the training log gains a row (train loss/accuracy, validation and test accuracy, wall
+seconds) and the trajectory table gains the last-layer gradient norms of a fixed probe
+set (the heatmaps of the gradient-magnitude paper). An interrupted run resumes from
+its last completed epoch. Early stopping watches validation accuracy; the best
+validation epoch is recorded as the trained model.
+
+Data-parallel training passes ``rank``/``world`` and a ``wrap`` (DDP); rank 0 alone
+evaluates and writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from coreset import layout
+from coreset.checkpoints import load_checkpoint, model_meta, save_checkpoint
+from coreset.config import StudyConfig
+from coreset.data import Datasets, load_datasets, probe_ids, train_val_split
+from coreset.gradients.last_layer import last_layer_factors, last_layer_norms
+from coreset.models import Classifier, build_model
+from coreset.progress import Progress
+from coreset.storage import StudyRoot
+from coreset.tables import read_table, write_table
+from coreset.training import build_optimizer, build_scheduler, evaluate, pick_device, prepare_model, train_one_epoch
+
+log = logging.getLogger("coreset")
+
+
+@dataclass
+class SourceResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_acc: float
+    final_test_acc: float
+    stopped_early: bool
+
+
+def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: bool = True) -> pd.DataFrame:
+    """The study's validation split: read from the root, or drawn from the seed and recorded."""
+    if root.exists(layout.SPLIT):
+        split = read_table(root, layout.SPLIT, "split")
+        if len(split) != len(datasets.train) or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy()):
+            raise ValueError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
+                             f"({len(split)} rows vs {len(datasets.train)} images); use a new study root")
+        return split
+    split = train_val_split(datasets.train.labels.numpy(), cfg.data.val_fraction, cfg.seed)
+    if write:
+        write_table(root, layout.SPLIT, split, "split")
+    return split
+
+
+def build_source_model(cfg: StudyConfig, datasets: Datasets) -> Classifier:
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model.name, datasets.spec, pretrained=cfg.model.pretrained)
+
+
+def source_meta(cfg: StudyConfig, datasets: Datasets) -> dict[str, Any]:
+    return model_meta(cfg.model.name, cfg.data.name, datasets.train.num_classes, datasets.size)
+
+
+def trajectory_rows(model: Classifier, datasets: Datasets, ids: np.ndarray, epoch: int, device: torch.device,
+                    batch_size: int) -> pd.DataFrame:
+    """Loss and last-layer gradient norms (closed form) of the probe images at ``epoch``."""
+    model.eval()
+    parts = []
+    for x, y, sid in datasets.batches("train", ids, batch_size):
+        f = last_layer_factors(model, x.to(device), y.to(device))
+        norms = last_layer_norms(f.err, f.emb)
+        parts.append(pd.DataFrame({"sample_id": sid.numpy(), "label": y.numpy(), "epoch": epoch,
+                                   "loss": f.loss.cpu().numpy(), **{k: v.cpu().double().numpy() for k, v in norms.items()}}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 1,
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+                 report: Callable[[dict[str, Any]], None] = lambda metrics: None,
+                 device: torch.device | None = None) -> SourceResult:
+    """Train (or resume training) the source model of ``cfg`` under ``root``."""
+    device = device or pick_device(cfg.train.use_gpu)
+    lead = rank == 0
+    datasets = load_datasets(cfg.data)
+    split = load_split(cfg, root, datasets, write=lead)
+    train_ids = split.sample_id[split.split == "train"].to_numpy()
+    val_ids = split.sample_id[split.split == "val"].to_numpy()
+    probe = probe_ids(train_ids, cfg.train.probe_size, cfg.seed)
+    meta = source_meta(cfg, datasets)
+
+    model = prepare_model(build_source_model(cfg, datasets), device)
+    train_batches = datasets.batches("train", train_ids, cfg.train.batch_size, train=True, shuffle=True,
+                                     seed=cfg.seed, rank=rank, world=world)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, len(train_batches))
+    history = pd.DataFrame()
+    trajectory = pd.DataFrame()
+    start_epoch = 1
+    if root.exists(layout.RESUME):
+        state = load_checkpoint(root, layout.RESUME, meta, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        history = read_table(root, layout.TRAIN_LOG, "train_log")
+        history = history[history.epoch < start_epoch]
+        if root.exists(layout.TRAJECTORY):
+            trajectory = read_table(root, layout.TRAJECTORY, "trajectory")
+            trajectory = trajectory[trajectory.epoch < start_epoch]
+        log.info("resuming %s from epoch %d", root.url(), start_epoch - 1)
+    elif lead:
+        save_checkpoint(root, layout.checkpoint(0), {"model": model.state_dict(), "epoch": 0, "meta": meta})
+        trajectory = trajectory_rows(model, datasets, probe, 0, device, cfg.train.eval_batch_size)
+        write_table(root, layout.TRAJECTORY, trajectory, "trajectory")
+
+    net = wrap(model)
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        train_batches.set_epoch(epoch)
+        progress = Progress(f"epoch {epoch}/{cfg.train.epochs}", len(train_batches))
+        stats = train_one_epoch(net, train_batches, optimizer, scheduler, device, cfg.train.amp, progress)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc}
+        if lead:
+            val = evaluate(model, datasets.batches("train", val_ids, cfg.train.eval_batch_size), device, cfg.train.amp) \
+                if len(val_ids) else None
+            test = evaluate(model, datasets.batches("test", None, cfg.train.eval_batch_size), device, cfg.train.amp)
+            row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss": stats.loss, "train_acc": stats.acc,
+                   "val_acc": val.acc if val else float("nan"), "test_acc": test.acc, "wall_s": stats.wall_s,
+                   "samples_per_s": stats.n * world / max(stats.wall_s, 1e-9)}
+            history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
+            trajectory = pd.concat([trajectory, trajectory_rows(model, datasets, probe, epoch, device,
+                                                               cfg.train.eval_batch_size)], ignore_index=True)
+            save_checkpoint(root, layout.checkpoint(epoch), {"model": model.state_dict(), "epoch": epoch, "meta": meta})
+            write_table(root, layout.TRAJECTORY, trajectory, "trajectory")
+            write_table(root, layout.TRAIN_LOG, history, "train_log")
+            save_checkpoint(root, layout.RESUME, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                  "scheduler": scheduler.state_dict(), "epoch": epoch, "meta": meta})
+            metrics.update(val_acc=row["val_acc"], test_acc=test.acc)
+            log.info("epoch %d: train loss %.4f acc %.4f | val %.4f | test %.4f | %.1fs", epoch, stats.loss, stats.acc,
+                     row["val_acc"], test.acc, stats.wall_s)
+            stopped_early = _patience_exhausted(history, cfg.train.early_stopping_patience)
+        stopped_early = _agree(stopped_early, world, device)
+        report(metrics)
+        if stopped_early:
+            log.info("early stopping after epoch %d: no validation gain in %d epochs", epoch,
+                     cfg.train.early_stopping_patience)
+            break
+    result = _summarise(history, stopped_early) if lead else SourceResult(0, 0, 0.0, 0.0, stopped_early)
+    if lead:
+        root.write_bytes(layout.SOURCE_DONE, json.dumps(result.__dict__, indent=2).encode())
+    return result
+
+
+def _patience_exhausted(history: pd.DataFrame, patience: int) -> bool:
+    if patience <= 0 or history.val_acc.isna().all():
+        return False
+    best = int(history.val_acc.to_numpy().argmax())
+    return len(history) - 1 - best >= patience
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's decision, broadcast so that all data-parallel ranks stop together."""
+    if world <= 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _summarise(history: pd.DataFrame, stopped_early: bool) -> SourceResult:
+    val = history.val_acc.fillna(-1.0).to_numpy()
+    best = int(val.argmax())
+    return SourceResult(epochs_run=int(history.epoch.max()), best_epoch=int(history.epoch.iloc[best]),
+                        best_val_acc=float(history.val_acc.iloc[best]), final_test_acc=float(history.test_acc.iloc[-1]),
+                        stopped_early=stopped_early)
+
+
+def read_source_result(root: StudyRoot) -> SourceResult | None:
+    """The summary of a finished source training, or None if it has not finished."""
+    if not root.exists(layout.SOURCE_DONE):
+        return None
+    return SourceResult(**json.loads(root.read_bytes(layout.SOURCE_DONE)))

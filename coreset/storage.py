@@ -1,0 +1,88 @@
+"""The study root: a local path or a cloud URI (s3://, gs://) behind one pyarrow filesystem.
+
+Every write is atomic for readers: local files are written under a temporary name in
+the same directory and renamed; object stores publish an object only when its upload
+completes. Nothing is ever unpickled from a root.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """The study root cannot be read or written."""
+
+
+class StudyRoot:
+    """Relative paths (``"source/train_log.parquet"``) resolved against one root URI."""
+
+    def __init__(self, uri: str) -> None:
+        self.local = "://" not in uri
+        if self.local:
+            uri = str(Path(os.path.expanduser(uri)).resolve())
+        try:
+            self.fs, self.base = pafs.FileSystem.from_uri(uri if not self.local else Path(uri).as_uri())
+        except (ValueError, OSError) as e:
+            raise StorageError(f"cannot open study root {uri}: {e}") from None
+        self.uri = uri.rstrip("/")
+
+    def path(self, rel: str) -> str:
+        """Filesystem path of ``rel`` (for pyarrow calls)."""
+        return f"{self.base.rstrip('/')}/{rel}" if rel else self.base
+
+    def url(self, rel: str = "") -> str:
+        """A URI of ``rel`` that pandas and pyarrow readers accept."""
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def makedirs(self, rel: str) -> None:
+        try:
+            self.fs.create_dir(self.path(rel), recursive=True)
+        except OSError as e:
+            raise StorageError(f"cannot create {self.url(rel)}: {e}") from None
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` so that readers see either the old file or the whole new one."""
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        self.makedirs(parent)
+        target = self.path(rel)
+        tmp = target if not self.local else f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            if tmp != target:
+                self.fs.move(tmp, target)
+        except OSError as e:
+            if tmp != target:
+                try:
+                    self.fs.delete_file(tmp)
+                except OSError:
+                    pass
+            raise StorageError(f"cannot write {self.url(rel)}: {e}") from None
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"{self.url(rel)} does not exist") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.url(rel)}: {e}") from None
+
+    def list(self, rel: str) -> list[str]:
+        """Names (not paths) of the entries directly under ``rel``; empty if it does not exist."""
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
+        return sorted(info.base_name for info in self.fs.get_file_info(sel) if ".tmp-" not in info.base_name)
+
+    def delete(self, rel: str) -> None:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))

@@ -1,0 +1,32 @@
+"""Train the source model of a study, with a checkpoint, a log row and probe-set gradient
+norms every epoch; resumes an interrupted run.
+
+    python jobs/train_source.py --config jobs/configs/mnist.yaml [--root results/mnist] [--set train.epochs=3]
+    ray job submit --working-dir . -- python jobs/train_source.py --config jobs/configs/mnist.yaml --root s3://bucket/mnist
+"""
+from __future__ import annotations
+
+import logging
+
+from coreset.cli import fail, parse_job_args
+from coreset.cluster.runtime import init_ray
+from coreset.cluster.train import run_source_training
+from coreset.data import DataError, load_datasets
+
+log = logging.getLogger("coreset")
+
+
+def main() -> None:
+    job, _ = parse_job_args(__doc__.splitlines()[0])
+    try:
+        load_datasets(job.config.data)  # fail here, in one line, before any cluster work
+    except DataError as e:
+        fail(str(e))
+    resources = init_ray(job.address)
+    result = run_source_training(job.config, job.root, resources)
+    log.info("source model: best epoch %d, validation accuracy %.4f, final test accuracy %.4f -> %s",
+             result.best_epoch, result.best_val_acc, result.final_test_acc, job.root.url("source"))
+
+
+if __name__ == "__main__":
+    main()
