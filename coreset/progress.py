@@ -18,12 +18,13 @@ class Progress:
         self.done = 0
         self.start = self.last = time.perf_counter()
 
-    def step(self, n: int = 1, **info: float) -> None:
+    def step(self, n: int = 1, **info: object) -> None:
+        """Count ``n`` steps; ``info`` values (floats or 0-d tensors) are read only when a line is logged."""
         self.done += n
         now = time.perf_counter()
         if now - self.last >= self.every_s and self.done < self.total:
             self.last = now
             rate = self.done / (now - self.start)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+            extra = " ".join(f"{k}={float(v):.4g}" for k, v in info.items())  # type: ignore[arg-type]
             log.info("%s %d/%d (%.1f/s, ETA %.0fs) %s", self.label, self.done, self.total, rate, eta, extra)

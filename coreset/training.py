@@ -96,7 +96,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
         if progress is not None:
-            progress.step(loss=float(loss))
+            progress.step(loss=loss.detach())
     return EpochStats(float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n, time.perf_counter() - start)
 
 

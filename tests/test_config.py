@@ -1,0 +1,72 @@
+"""Study configs: typed loading, overrides, and one-line errors at load time."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coreset.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_load() -> None:
+    for path in sorted((REPO / "jobs" / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.name
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(REPO / "jobs/configs/mnist.yaml", ["train.epochs=3", "train.lr=1e-2", "data.augment=false",
+                                                       "train.milestones=[1, 2]"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == pytest.approx(0.01)
+    assert cfg.data.augment is False and cfg.train.milestones == (1, 2)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=-1", "train.epochs must be >= 1"),
+    ("train.epochs=three", "train.epochs must be an integer"),
+    ("data.name=imagenet21k", "data.name='imagenet21k' is not allowed; allowed: mnist"),
+    ("model.name=resnet9000", "model.name='resnet9000' is not allowed; allowed: alexnet"),
+    ("train.bogus=1", "unknown key train.bogus; allowed:"),
+    ("bogus.key=1", "unknown key bogus"),
+    ("data.val_fraction=1.5", "data.val_fraction must lie in"),
+    ("train.momentum=1.0", "train.momentum must lie in"),
+    ("train.schedule=linear", "train.schedule='linear' is not allowed; allowed: cosine, step, constant"),
+    ("train.milestones=[500]", "train.milestones must lie in"),
+])
+def test_bad_values_fail_at_load(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "jobs/configs/mnist.yaml", [override])
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_job_exits_with_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train_source.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
+                           "--root", str(tmp_path / "root"), "--set", "train.epochs=0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: train.epochs must be >= 1, got 0"
+    assert not (tmp_path / "root").exists()
+
+
+def test_root_of_another_study_is_refused(tmp_path: Path) -> None:
+    from coreset.cli import record_config
+    from coreset.storage import StudyRoot
+
+    root = StudyRoot(str(tmp_path))
+    record_config(load_config(REPO / "jobs/configs/mnist.yaml"), root)
+    with pytest.raises(ConfigError, match="holds a study with model.name='mnist_cnn'"):
+        record_config(load_config(REPO / "jobs/configs/mnist.yaml", ["model.name=linear"]), root)
