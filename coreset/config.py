@@ -115,14 +115,58 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GradientsConfig:
+    """Per-sample gradient tables: which norms at the trained model, which checkpoints' factors.
+
+    ``final_epoch`` is the trained model scored by the magnitude methods: ``"best"`` (the
+    best validation epoch, the paper's early stopping), ``"last"``, or an epoch number.
+    ``factor_epochs`` are the early checkpoints whose last-layer factors (``err``, ``emb``)
+    GradSimCore aggregates (its paper: the first 5-10 epochs).
+    """
+
+    norms: tuple[str, ...] = ("l2",)
+    groups: tuple[str, ...] = ("last", "weights", "biases", "all")
+    final_epoch: str = "best"
+    factor_epochs: tuple[int, ...] = (1, 2, 3, 4, 5)
+    factor_dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = 256
+    shard_size: int = 8192  # images per shard file (the unit of resumption)
+    workers: int = 0  # Ray actors; 0: one per GPU, else one per `cpus_per_worker` CPUs
+    cpus_per_worker: int = 2
+    chunk_mb: int = 256  # scratch memory bound of l1/linf materialisation per layer
+    amp: bool = False  # bfloat16 autocast on CUDA for the backward (norms stay float32)
+    bound_batches: int = 32  # random minibatches for the batch-gradient bound (paper Fig. 1)
+    bound_batch_size: int = 128
+
+    def validate(self) -> None:
+        from coreset.gradients.spec import GROUPS
+        from coreset.gradients.last_layer import NORMS
+
+        for n in self.norms:
+            _choice("gradients.norms", n, NORMS)
+        for g in self.groups:
+            _choice("gradients.groups", g, GROUPS)
+        if self.final_epoch not in ("best", "last") and not self.final_epoch.isdigit():
+            raise ConfigError(f"gradients.final_epoch must be 'best', 'last' or an epoch number, got {self.final_epoch!r}")
+        for e in self.factor_epochs:
+            _at_least("gradients.factor_epochs", e, 0)
+        _choice("gradients.factor_dtype", self.factor_dtype, ("float16", "float32"))
+        for key in ("batch_size", "shard_size", "cpus_per_worker", "chunk_mb", "bound_batch_size"):
+            _at_least(f"gradients.{key}", getattr(self, key), 1)
+        _at_least("gradients.workers", self.workers, 0)
+        _at_least("gradients.bound_batches", self.bound_batches, 0)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
-    """One study: data, source model and source training (later stages add sections)."""
+    """One study: data, source model, source training and per-sample gradients."""
 
     name: str = "study"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gradients: GradientsConfig = field(default_factory=GradientsConfig)
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -201,6 +245,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, prefix=key + ".")
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # e.g. gradients.final_epoch: 12
     if origin is Literal:
         _choice(key, value, typing.get_args(tp))
         return value

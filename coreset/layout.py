@@ -13,3 +13,14 @@ RESUME = f"{SOURCE}/checkpoints/resume.pt"
 def checkpoint(epoch: int) -> str:
     """Weights after ``epoch`` training epochs (epoch 0: the initialisation)."""
     return f"{SOURCE}/checkpoints/epoch={epoch:04d}.pt"
+
+
+GRADIENTS = "gradients"
+# Underscore-prefixed: Parquet dataset readers of gradients/ skip it.
+GRADIENTS_MANIFEST = f"{GRADIENTS}/_manifest.json"
+BATCH_BOUND = "batch_bound.parquet"
+
+
+def gradient_shard(epoch: int, shard: int) -> str:
+    """One shard of the gradient table; ``pandas.read_parquet(<root>/gradients)`` reads them all."""
+    return f"{GRADIENTS}/epoch_{epoch:04d}/shard_{shard:05d}.parquet"

@@ -187,3 +187,12 @@ def read_source_result(root: StudyRoot) -> SourceResult | None:
     if not root.exists(layout.SOURCE_DONE):
         return None
     return SourceResult(**json.loads(root.read_bytes(layout.SOURCE_DONE)))
+
+
+def load_source_model(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, epoch: int,
+                      device: torch.device) -> Classifier:
+    """The source model after ``epoch`` epochs, in eval mode (checkpoint checked against the study)."""
+    model = build_model(cfg.model.name, datasets.spec)
+    state = load_checkpoint(root, layout.checkpoint(epoch), source_meta(cfg, datasets), map_location=device)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

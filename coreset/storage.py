@@ -52,7 +52,9 @@ class StudyRoot:
         parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
         self.makedirs(parent)
         target = self.path(rel)
-        tmp = target if not self.local else f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        # A dot-prefixed temporary name: Parquet dataset readers skip it while it is written.
+        name = target.rsplit("/", 1)[-1]
+        tmp = target if not self.local else f"{target[: -len(name)]}.{name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
@@ -78,7 +80,7 @@ class StudyRoot:
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the entries directly under ``rel``; empty if it does not exist."""
         sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
-        return sorted(info.base_name for info in self.fs.get_file_info(sel) if ".tmp-" not in info.base_name)
+        return sorted(info.base_name for info in self.fs.get_file_info(sel) if not info.base_name.startswith("."))
 
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))

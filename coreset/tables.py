@@ -26,6 +26,10 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
         "val_acc": pa.float64(), "test_acc": pa.float64(), "wall_s": pa.float64(),
     },
     "trajectory": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "l2_last": pa.float64()},
+    "gradients": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "loss": pa.float32(),
+                  "correct": pa.bool_()},
+    "batch_bound": {"batch": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(), "column": pa.string(),
+                    "norm_of_sum": pa.float64(), "sum_of_norms": pa.float64()},
 }
 
 

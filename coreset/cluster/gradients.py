@@ -1,0 +1,116 @@
+"""The gradient stage on Ray: a pool of actors (one per GPU, or CPU workers) shards the
+train split; each actor loads the data once and each checkpoint once, and writes one
+Parquet file per shard atomically. Finished shards are skipped on a re-run, and a shard
+re-done after an actor died overwrites the same file, so the table never holds a
+duplicate row.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from ray.util import ActorPool
+
+from coreset import layout
+from coreset.cluster.runtime import gpus_available
+from coreset.config import StudyConfig, config_from_dict
+from coreset.data import load_datasets
+from coreset.gradient_tables import (ShardTask, batch_bound_rows, check_manifest, compute_shard, final_epoch,
+                                     manifest, plan)
+from coreset.progress import Progress
+from coreset.source import load_source_model, load_split, read_source_result
+from coreset.storage import StudyRoot
+from coreset.tables import write_table
+
+log = logging.getLogger("coreset")
+
+
+@dataclass
+class GradientsSummary:
+    shards_total: int
+    shards_computed: int
+    shards_skipped: int
+    rows_per_epoch: int
+    epochs: list[int]
+    final_epoch: int
+    wall_s: float
+
+
+class GradientWorker:
+    """Holds the dataset and the current checkpoint's model; computes and writes shards."""
+
+    def __init__(self, study: dict, root_uri: str, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.cfg = config_from_dict(study)
+        self.root = StudyRoot(root_uri)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.datasets = load_datasets(self.cfg.data)
+        self.epoch, self.model = -1, None
+
+    def _model_at(self, epoch: int):
+        if epoch != self.epoch:
+            self.model = load_source_model(self.cfg, self.root, self.datasets, epoch, self.device)
+            self.epoch = epoch
+        return self.model
+
+    def run(self, task: ShardTask) -> tuple[int, int, float]:
+        start = time.perf_counter()
+        table = compute_shard(self._model_at(task.epoch), self.datasets, task, self.cfg.gradients, self.device)
+        write_table(self.root, task.path, table, "gradients")
+        return task.epoch, task.shard, time.perf_counter() - start
+
+    def bound(self, train_ids: np.ndarray, epoch: int) -> list[dict[str, object]]:
+        return batch_bound_rows(self._model_at(epoch), self.datasets, train_ids, epoch, self.cfg.gradients,
+                                self.cfg.seed, self.device)
+
+
+def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> GradientsSummary:
+    """Compute every missing shard of the study's gradient table, and the batch-bound table."""
+    start = time.perf_counter()
+    source = read_source_result(root)
+    if source is None:
+        raise ValueError(f"no finished source training in {root.url()}; run jobs/train_source.py first")
+    gcfg = cfg.gradients
+    datasets = load_datasets(cfg.data)
+    split = load_split(cfg, root, datasets, write=False)
+    train_ids = split.sample_id[split.split == "train"].to_numpy()
+    final = final_epoch(gcfg, source)
+    tasks = plan(train_ids, final, gcfg.factor_epochs, gcfg.shard_size, source.epochs_run)
+    check_manifest(root, manifest(gcfg, tasks, len(train_ids)))
+    todo = [t for t in tasks if not root.exists(t.path)]
+    log.info("gradients: %d shards, %d already done, %d to compute", len(tasks), len(tasks) - len(todo), len(todo))
+    need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
+    if todo or need_bound:
+        pool_actors = _start_workers(cfg, root, resources, max(1, len(todo)))
+        progress = Progress("gradient shards", len(todo), every_s=10)
+        for epoch, shard, seconds in ActorPool(pool_actors).map_unordered(lambda a, t: a.run.remote(t), todo):
+            progress.step()
+            log.debug("epoch %d shard %d: %.1fs", epoch, shard, seconds)
+        if need_bound:
+            rows = ray.get(pool_actors[0].bound.remote(train_ids, final))
+            write_table(root, layout.BATCH_BOUND, pd.DataFrame(rows), "batch_bound")
+        for a in pool_actors:
+            ray.kill(a)
+    return GradientsSummary(len(tasks), len(todo), len(tasks) - len(todo), len(train_ids),
+                            sorted({t.epoch for t in tasks}), final, time.perf_counter() - start)
+
+
+def _start_workers(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], max_needed: int) -> list:
+    gcfg = cfg.gradients
+    gpus = gpus_available(resources)
+    if gpus:
+        n, options = gcfg.workers or gpus, {"num_gpus": 1, "num_cpus": 1}
+        threads = max(1, int(resources.get("CPU", 1)) // max(1, n))
+    else:
+        cpus = int(resources.get("CPU", 1))
+        threads = min(gcfg.cpus_per_worker, cpus)
+        n, options = gcfg.workers or max(1, cpus // threads), {"num_cpus": threads}
+    n = min(n, max_needed)
+    actor = ray.remote(max_restarts=3, max_task_retries=3)(GradientWorker)
+    log.info("gradients: %d actor(s), %s each", n, options)
+    return [actor.options(**options).remote(cfg.to_dict(), root.uri, threads) for _ in range(n)]

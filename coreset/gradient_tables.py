@@ -1,0 +1,134 @@
+"""The gradient stage without Ray: which (checkpoint, shard) pieces to compute, and each piece.
+
+The table has one row per (sample_id, epoch) for the train split at the chosen
+checkpoints: at the trained model (``final``) every configured norm plus the factors;
+at GradSimCore's early checkpoints the closed-form last-layer norms and the factors
+``err``/``emb`` (a forward pass only). Every shard file has the same schema (norm
+columns are null where not computed) so readers can concatenate them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from coreset import layout
+from coreset.config import GradientsConfig
+from coreset.data import Datasets
+from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
+from coreset.models import Classifier
+from coreset.source import SourceResult
+from coreset.storage import StudyRoot
+from coreset.tables import to_arrow
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Rows ``ids`` (sorted sample ids) at checkpoint ``epoch``; ``final`` asks for every norm."""
+
+    epoch: int
+    shard: int
+    ids: np.ndarray
+    final: bool
+
+    @property
+    def path(self) -> str:
+        return layout.gradient_shard(self.epoch, self.shard)
+
+
+def final_epoch(cfg: GradientsConfig, source: SourceResult) -> int:
+    if cfg.final_epoch == "best":
+        return source.best_epoch
+    if cfg.final_epoch == "last":
+        return source.epochs_run
+    epoch = int(cfg.final_epoch)
+    if epoch > source.epochs_run:
+        raise ValueError(f"gradients.final_epoch={epoch} but source training ran {source.epochs_run} epochs")
+    return epoch
+
+
+def plan(train_ids: np.ndarray, final: int, factor_epochs: tuple[int, ...], shard_size: int,
+         epochs_run: int) -> list[ShardTask]:
+    """Every (epoch, shard) piece of the table, ordered by epoch (each worker loads a checkpoint once)."""
+    bad = [e for e in factor_epochs if e > epochs_run]
+    if bad:
+        raise ValueError(f"gradients.factor_epochs {bad} exceed the {epochs_run} epochs of source training")
+    ids = np.sort(np.asarray(train_ids, dtype=np.int64))
+    shards = [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
+    epochs = sorted(set(factor_epochs) | {final})
+    return [ShardTask(e, s, part, e == final) for e in epochs for s, part in enumerate(shards)]
+
+
+def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int) -> dict[str, object]:
+    """What a finished table was computed with; a re-run with other settings is refused."""
+    final = next(t.epoch for t in tasks if t.final)
+    return {"rows_per_epoch": n, "epochs": sorted({t.epoch for t in tasks}), "final_epoch": final,
+            "shards_per_epoch": len({t.shard for t in tasks}), "shard_size": cfg.shard_size,
+            "norms": list(cfg.norms), "groups": list(cfg.groups), "factor_dtype": cfg.factor_dtype}
+
+
+def check_manifest(root: StudyRoot, wanted: dict[str, object]) -> None:
+    if root.exists(layout.GRADIENTS_MANIFEST):
+        found = json.loads(root.read_bytes(layout.GRADIENTS_MANIFEST))
+        if found != wanted:
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise ValueError(f"{root.url(layout.GRADIENTS)} was computed with other settings ({', '.join(diff)}); "
+                             f"delete it or use another --root")
+    else:
+        root.write_bytes(layout.GRADIENTS_MANIFEST, json.dumps(wanted, indent=2).encode())
+
+
+def gradient_spec(cfg: GradientsConfig, final: bool) -> GradientSpec:
+    groups = cfg.groups if final else ("last",)
+    return GradientSpec(norms=cfg.norms, groups=groups, factors=True, chunk_bytes=cfg.chunk_mb << 20, amp=cfg.amp)
+
+
+def compute_shard(model: Classifier, datasets: Datasets, task: ShardTask, cfg: GradientsConfig,
+                  device: torch.device) -> pa.Table:
+    """The rows of one shard as an Arrow table in the gradients schema."""
+    engine = PerSampleGradients(model, gradient_spec(cfg, task.final))
+    all_columns = GradientSpec(norms=cfg.norms, groups=cfg.groups).columns
+    parts: dict[str, list[torch.Tensor]] = {}
+    labels, ids = [], []
+    for x, y, sid in datasets.batches("train", task.ids, cfg.batch_size):
+        out = engine.compute(x.to(device), y.to(device))
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.detach().cpu())
+        labels.append(y)
+        ids.append(sid)
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    n = len(task.ids)
+    factor_type = pa.float16() if cfg.factor_dtype == "float16" else pa.float32()
+    np_factor = np.float16 if cfg.factor_dtype == "float16" else np.float32
+    columns: dict[str, pa.Array] = {
+        "sample_id": pa.array(torch.cat(ids).numpy().astype(np.int64)),
+        "label": pa.array(torch.cat(labels).numpy().astype(np.int64)),
+        "epoch": pa.array(np.full(n, task.epoch, dtype=np.int64)),
+        "loss": pa.array(cat["loss"].float().numpy()),
+        "correct": pa.array(cat["correct"].numpy()),
+    }
+    for col in all_columns:
+        columns[col] = pa.array(cat[col].double().numpy()) if col in cat else pa.nulls(n, pa.float64())
+    for name in ("err", "emb"):
+        values = cat[name].float().numpy().astype(np_factor)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=factor_type), values.shape[1])
+    return to_arrow(pa.table(columns), "gradients")
+
+
+def batch_bound_rows(model: Classifier, datasets: Datasets, train_ids: np.ndarray, epoch: int, cfg: GradientsConfig,
+                     seed: int, device: torch.device) -> list[dict[str, object]]:
+    """||Σ g_i|| and Σ ||g_i|| for random minibatches of the train split (the paper's Figure 1, l2)."""
+    rng = np.random.default_rng(seed + 2)
+    rows: list[dict[str, object]] = []
+    size = min(cfg.bound_batch_size, len(train_ids))
+    for b in range(cfg.bound_batches):
+        ids = np.sort(rng.choice(train_ids, size=size, replace=False))
+        x, y, _ = next(iter(datasets.batches("train", ids, size)))
+        result = batch_bound(model, x.to(device), y.to(device), groups=cfg.groups, norms=("l2",))
+        for col in GradientSpec(norms=("l2",), groups=cfg.groups).columns:
+            rows.append({"batch": b, "epoch": epoch, "batch_size": size, "column": col,
+                         "norm_of_sum": result[f"{col}_norm_of_sum"], "sum_of_norms": result[f"{col}_sum_of_norms"]})
+    return rows

@@ -1,0 +1,13 @@
+"""Selection methods by name: ``get_method(name, **params).score(table)`` then ``.select(...)``."""
+from __future__ import annotations
+
+from coreset.methods import gradient_magnitude, gradsimcore, random  # noqa: F401 (registers methods)
+from coreset.methods.base import METHODS, SelectionMethod
+
+
+def get_method(name: str, **params: object) -> SelectionMethod:
+    """Build the registered method ``name``; KeyError lists the allowed names."""
+    return METHODS.get(name)(**params)
+
+
+__all__ = ["METHODS", "SelectionMethod", "get_method"]
