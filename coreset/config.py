@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
 
@@ -157,9 +157,54 @@ class GradientsConfig:
         _at_least("gradients.bound_batches", self.bound_batches, 0)
 
 
+METHOD_NAMES = ("random", "max_gradient", "nonextreme_max_gradient", "gradient_cdf", "gradsimcore")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Scores and subsets: every method x fraction x seed.
+
+    ``norm`` is the gradient column the magnitude methods rank by (the paper: ``l2_last`` for
+    MNIST/CIFAR, ``l2_weights`` for ImageNet), at the trained model. ``budget`` "default"
+    keeps each method's own (class-balanced for GradSimCore, global for the others).
+    GradSimCore uses a fixed ``threshold`` Φ when given, else the per-class quantile rule.
+    """
+
+    methods: tuple[str, ...] = METHOD_NAMES
+    fractions: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.2)
+    seeds: tuple[int, ...] = (0, 1)
+    norm: str = "l2_last"
+    budget: Literal["default", "global", "class_balanced"] = "default"
+    drop_fraction: float = 0.05
+    threshold: Optional[float] = None
+    threshold_quantile: float = 0.9
+    backend: Literal["auto", "gram", "faiss", "brute"] = "auto"
+
+    def validate(self) -> None:
+        if not self.methods:
+            raise ConfigError(f"score.methods must name at least one method; allowed: {', '.join(METHOD_NAMES)}")
+        for m in self.methods:
+            _choice("score.methods", m, METHOD_NAMES)
+        if not self.fractions or not self.seeds:
+            raise ConfigError("score.fractions and score.seeds must each list at least one value")
+        for f in self.fractions:
+            _range("score.fractions", f, 0.0, 1.0)
+        for sd in self.seeds:
+            _at_least("score.seeds", sd, 0)
+        norm, _, group = self.norm.partition("_")
+        if norm not in ("l1", "l2", "linf") or group not in ("last", "weights", "biases", "all"):
+            raise ConfigError(f"score.norm must be <l1|l2|linf>_<last|weights|biases|all>, got {self.norm!r}")
+        _choice("score.budget", self.budget, ("default", "global", "class_balanced"))
+        _range("score.drop_fraction", self.drop_fraction, 0.0, 1.0, lo_open=False, hi_open=True)
+        if self.threshold is not None:
+            _range("score.threshold", self.threshold, -1.0, 1.0, lo_open=False)
+        _range("score.threshold_quantile", self.threshold_quantile, 0.0, 1.0, lo_open=False)
+        _choice("score.backend", self.backend, ("auto", "gram", "faiss", "brute"))
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """One study: data, source model, source training and per-sample gradients."""
+    """One study: data, source model, source training, per-sample gradients, scores and subsets."""
 
     name: str = "study"
     seed: int = 0
@@ -167,6 +212,7 @@ class StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gradients: GradientsConfig = field(default_factory=GradientsConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:

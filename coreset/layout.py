@@ -24,3 +24,17 @@ BATCH_BOUND = "batch_bound.parquet"
 def gradient_shard(epoch: int, shard: int) -> str:
     """One shard of the gradient table; ``pandas.read_parquet(<root>/gradients)`` reads them all."""
     return f"{GRADIENTS}/epoch_{epoch:04d}/shard_{shard:05d}.parquet"
+
+
+SCORES = "scores"
+SUBSETS = "subsets"
+ANALYSIS = "analysis"
+
+
+def scores(method: str) -> str:
+    """Scores of one method; ``pandas.read_parquet(<root>/scores)`` reads every method."""
+    return f"{SCORES}/{method}.parquet"
+
+
+def subsets(method: str) -> str:
+    return f"{SUBSETS}/{method}.parquet"

@@ -28,6 +28,11 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
     "trajectory": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "l2_last": pa.float64()},
     "gradients": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "loss": pa.float32(),
                   "correct": pa.bool_()},
+    "scores": {"sample_id": pa.int64(), "label": pa.int64(), "method": pa.string(), "score": pa.float64()},
+    "subsets": {"method": pa.string(), "fraction": pa.float64(), "seed": pa.int64(), "sample_id": pa.int64()},
+    "gradsim_thresholds": {"epoch": pa.int64(), "label": pa.int64(), "threshold": pa.float64(), "n": pa.int64()},
+    "label_entropy": {"method": pa.string(), "k": pa.int64(), "fraction": pa.float64(), "entropy": pa.float64(),
+                      "baseline_entropy": pa.float64()},
     "batch_bound": {"batch": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(), "column": pa.string(),
                     "norm_of_sum": pa.float64(), "sum_of_norms": pa.float64()},
 }
