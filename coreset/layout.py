@@ -31,6 +31,9 @@ SUBSETS = "subsets"
 ANALYSIS = "analysis"
 
 
+SCORES_MANIFEST = f"{SCORES}/_manifest.json"
+
+
 def scores(method: str) -> str:
     """Scores of one method; ``pandas.read_parquet(<root>/scores)`` reads every method."""
     return f"{SCORES}/{method}.parquet"

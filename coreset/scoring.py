@@ -38,6 +38,21 @@ def build_method(cfg: StudyConfig, name: str, final_epoch: int) -> SelectionMeth
     return get_method(name, backend=s.backend, epochs=list(cfg.gradients.factor_epochs), seed=cfg.seed, **params)
 
 
+def method_settings(cfg: StudyConfig, name: str, final_epoch: int) -> dict[str, object]:
+    """Everything a method's scores and subsets depend on; a change re-scores that method."""
+    s = cfg.score
+    out: dict[str, object] = {"fractions": list(s.fractions), "seeds": list(s.seeds), "budget": s.budget,
+                              "final_epoch": final_epoch}
+    if name in ("max_gradient", "gradient_cdf", "nonextreme_max_gradient"):
+        out["norm"] = s.norm
+    if name == "nonextreme_max_gradient":
+        out["drop_fraction"] = s.drop_fraction
+    if name == "gradsimcore":
+        out.update(threshold=s.threshold, threshold_quantile=s.threshold_quantile, backend=s.backend,
+                   factor_epochs=list(cfg.gradients.factor_epochs), seed=cfg.seed)
+    return out
+
+
 def read_gradients(root: StudyRoot, columns: list[str], epochs: list[int], label: int | None = None) -> pd.DataFrame:
     """Rows of the gradient table at ``epochs`` (and one class), only ``columns``."""
     dataset = pads.dataset(root.path(layout.GRADIENTS), filesystem=root.fs, format="parquet",

@@ -1,10 +1,12 @@
 """The score stage on Ray: GradSimCore's class-wise similarity counts spread over Ray
 tasks (one class each, a GPU each when the cluster has them); the magnitude methods
 and Random score in the driver from the final checkpoint's norm column. Each method's
-scores and subsets are one atomic file; a re-run skips methods already written.
+scores and subsets are one atomic file; a re-run skips methods already written with the same settings
+(``scores/_manifest.json``) and re-scores those whose settings changed.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,8 +19,8 @@ from coreset import layout
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.progress import Progress
-from coreset.scoring import (build_method, entropy_frame, gradient_manifest, read_gradients, subsets_frame,
-                             with_method)
+from coreset.scoring import (build_method, entropy_frame, gradient_manifest, method_settings, read_gradients,
+                             subsets_frame, with_method)
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 
@@ -48,9 +50,11 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
     final = int(manifest["final_epoch"])
     summary = ScoreSummary()
     entropy = []
+    done = json.loads(root.read_bytes(layout.SCORES_MANIFEST)) if root.exists(layout.SCORES_MANIFEST) else {}
     for name in cfg.score.methods:
         method = build_method(cfg, name, final)
-        if root.exists(layout.scores(name)) and root.exists(layout.subsets(name)):
+        settings = method_settings(cfg, name, final)
+        if done.get(name) == settings and root.exists(layout.scores(name)) and root.exists(layout.subsets(name)):
             summary.skipped.append(name)
             scores = read_table(root, layout.scores(name), "scores")
         else:
@@ -62,10 +66,13 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
             subsets = subsets_frame(method, scores, cfg)
             write_table(root, layout.scores(name), with_method(scores, name), "scores")
             write_table(root, layout.subsets(name), subsets, "subsets")
+            done[name] = settings
+            root.write_bytes(layout.SCORES_MANIFEST, json.dumps(done, indent=2).encode())
             summary.computed.append(name)
             log.info("score: %s done (%d samples)", name, len(scores))
-        if name != "random":
-            entropy.append(entropy_frame(name, scores, cfg.score.fractions))
+        ranking = {"max_gradient": cfg.score.norm, "gradsimcore": "gradsimcore"}.get(name)
+        if ranking:  # the magnitude methods share one ranking (by the norm column)
+            entropy.append(entropy_frame(ranking, scores, cfg.score.fractions))
     if entropy:
         write_table(root, f"{layout.ANALYSIS}/label_entropy.parquet", pd.concat(entropy, ignore_index=True), "label_entropy")
     subsets = pd.read_parquet(root.url(layout.SUBSETS))

@@ -95,34 +95,36 @@ class PerSampleGradients:
         was_training = self.model.training
         self.model.eval()
         try:
-            if self.spec.needs_backward:
-                out, logits, h = self._forward_backward(x, y)
-            else:
-                f = last_layer_factors(self.model, x, y)
-                out, logits, h = {"loss": f.loss, "correct": f.correct}, None, f.emb
-                err = f.err
+            with self._autocast(x):
+                out, err, emb = self._forward_backward(x, y) if self.spec.needs_backward else self._forward(x, y)
         finally:
             self.model.train(was_training)
-        if logits is not None:
-            err = error_vector(logits, y)
         if "last" in self.spec.groups:
-            out.update(last_layer_norms(err, h, self.spec.norms))
+            out.update(last_layer_norms(err, emb, self.spec.norms))
         if self.spec.factors:
-            out.update(err=err, emb=h)
+            out.update(err=err, emb=emb)
         return {k: out[k] for k in ["loss", "correct", *self.columns(), "err", "emb"] if k in out}
+
+    def _autocast(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        if self.spec.amp and x.is_cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor):
+        f = last_layer_factors(self.model, x, y)
+        return {"loss": f.loss, "correct": f.correct}, f.err, f.emb
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor):
         totals = _Totals(frozenset(self.spec.norms), self.spec.chunk_bytes)
         x = x.detach().requires_grad_(True)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.spec.amp and x.is_cuda else contextlib.nullcontext()
         with torch.enable_grad(), frozen_parameters(self.model), capture(self.layers, totals.add_layer):
-            with amp:
-                logits, h = self.model.forward_with_features(x)
+            logits, h = self.model.forward_with_features(x)
             logits = wide(logits)
             # float64 for the B×C softmax: for confident samples err_y = p_y - 1 cancels, and
             # float32 rounding there would be the largest error of every norm.
             loss = F.cross_entropy(logits.double(), y, reduction="none")
-            torch.autograd.grad(loss.sum(), x)
+            with torch.autocast(x.device.type, enabled=False):
+                torch.autograd.grad(loss.sum(), x)
         out = {"loss": loss.detach().to(logits.dtype), "correct": logits.argmax(1) == y}
         out.update(totals.columns(self.spec.groups, len(x), x.device))
-        return out, logits.detach(), wide(h.detach())
+        return out, error_vector(logits.detach(), y), wide(h.detach())
