@@ -203,8 +203,54 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining trials: one per method x fraction x seed x target model, from random init.
+
+    Empty ``methods``/``fractions``/``seeds`` take the score section's; empty
+    ``target_models`` the source model. Training length is a policy: ``epochs`` (a fixed
+    number of passes over the subset, as DeepCore does) or ``steps`` (a fixed number of
+    optimiser steps whatever the subset size, evaluated at ``evaluations`` evenly spaced
+    points). Optimiser and schedule come from the ``train`` section. ``full_data`` adds
+    the reference trials on the whole train split (fraction 1.0).
+    """
+
+    target_models: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    fractions: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = ()
+    policy: Literal["epochs", "steps"] = "epochs"
+    epochs: int = 200
+    steps: int = 2000
+    evaluations: int = 5
+    batch_size: int = 128
+    full_data: bool = True
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.25  # used when the cluster has GPUs: small trials share one
+    max_concurrent: int = 0  # 0: as many as resources allow
+    max_failures: int = 2
+
+    def validate(self) -> None:
+        from coreset.models import MODELS
+
+        for m in self.target_models:
+            _choice("retrain.target_models", m, tuple(MODELS.names()))
+        for m in self.methods:
+            _choice("retrain.methods", m, METHOD_NAMES)
+        for f in self.fractions:
+            _range("retrain.fractions", f, 0.0, 1.0)
+        for sd in self.seeds:
+            _at_least("retrain.seeds", sd, 0)
+        _choice("retrain.policy", self.policy, ("epochs", "steps"))
+        for key in ("epochs", "steps", "evaluations", "batch_size", "cpus_per_trial"):
+            _at_least(f"retrain.{key}", getattr(self, key), 1)
+        _range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
+        _at_least("retrain.max_concurrent", self.max_concurrent, 0)
+        _at_least("retrain.max_failures", self.max_failures, 0)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
-    """One study: data, source model, source training, per-sample gradients, scores and subsets."""
+    """One study: data, source model, source training, gradients, scores and subsets, retraining."""
 
     name: str = "study"
     seed: int = 0
@@ -213,11 +259,15 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gradients: GradientsConfig = field(default_factory=GradientsConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty string without '/', got {self.name!r}")
         _at_least("seed", self.seed, 0)
+        for m in self.retrain.methods:
+            if m not in self.score.methods:
+                raise ConfigError(f"retrain.methods names {m!r}, which score.methods does not score")
         for f in fields(self):
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):

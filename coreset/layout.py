@@ -41,3 +41,12 @@ def scores(method: str) -> str:
 
 def subsets(method: str) -> str:
     return f"{SUBSETS}/{method}.parquet"
+
+
+RETRAIN = "retrain"
+ACCURACY = "accuracy.parquet"
+
+
+def trial_row(key: str) -> str:
+    """One finished retraining trial's accuracy row (the accuracy table gathers them)."""
+    return f"{RETRAIN}/trials/{key}.parquet"

@@ -33,6 +33,9 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
     "gradsim_thresholds": {"epoch": pa.int64(), "label": pa.int64(), "threshold": pa.float64(), "n": pa.int64()},
     "label_entropy": {"method": pa.string(), "k": pa.int64(), "fraction": pa.float64(), "entropy": pa.float64(),
                       "baseline_entropy": pa.float64()},
+    "accuracy": {"method": pa.string(), "fraction": pa.float64(), "seed": pa.int64(), "source_model": pa.string(),
+                 "target_model": pa.string(), "n_train": pa.int64(), "test_acc": pa.float64(),
+                 "best_test_acc": pa.float64(), "epochs": pa.float64(), "wall_s": pa.float64(), "config": pa.string()},
     "batch_bound": {"batch": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(), "column": pa.string(),
                     "norm_of_sum": pa.float64(), "sum_of_norms": pa.float64()},
 }

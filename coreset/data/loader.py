@@ -31,7 +31,7 @@ class Batches:
                  transform: BatchTransform, train: bool = False, shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world: int = 1, loader_workers: int = 2) -> None:
         self.dataset = dataset
-        self.ids = torch.as_tensor(np.asarray(ids), dtype=torch.int64)
+        self.ids = torch.as_tensor(np.array(ids, dtype=np.int64))
         if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= len(dataset)):
             raise IndexError(f"sample ids must lie in [0, {len(dataset)})")
         self.batch_size = batch_size

@@ -7,11 +7,12 @@ output pixels for a convolution),
     ||dW_i||² = Σ_{t,s} (A_iᵀA_i)_{ts} (G_iᵀG_i)_{ts}        (Goodfellow 2015; Li et al. 2022)
 
 costs ~T²·(k + c) multiply-adds and 2·T² floats per sample, against ~T·k·c and k·c
-for materialising ``dW_i``. :func:`prefers_gram` picks the smaller FLOP count per
-layer (the memory comparison goes the same way up to the factor T vs. T²/(k·c) and
-both are chunked anyway): early high-resolution convolutions (large T) materialise,
-late low-resolution ones and every Linear on flat inputs (T = 1, where the formula
-is just ``|a_i|²·|g_i|²``) use the Gram form.
+for materialising ``dW_i`` (a grouped convolution weight-gradient, ``per_layer.py``).
+:func:`prefers_gram` picks the smaller FLOP count per layer; both paths are chunked
+under the same byte budget. Early high-resolution convolutions (large T) materialise;
+late low-resolution ones and every Linear on flat inputs (T = 1, where the formula is
+just ``|a_i|²·|g_i|²``) use the Gram form. On ResNet-18 at 32 px that is 64- and
+128-channel stages materialised, 256 and 512 via Gram.
 """
 from __future__ import annotations
 

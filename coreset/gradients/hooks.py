@@ -73,18 +73,18 @@ OnGrad = Callable[[Layer, torch.Tensor, torch.Tensor], None]
 def capture(layers: list[Layer], on_grad: OnGrad) -> Iterator[None]:
     """Call ``on_grad(layer, input, grad_output)`` during the backward, once per layer.
 
-    A layer applied twice in one forward (shared weights) would need the per-sample
-    gradients of both uses summed before taking norms, which this scheme cannot do:
-    it raises instead.
+    Needs the model input to require grad (the engine sees to it). A layer applied twice
+    in one forward (shared weights) would need the per-sample gradients of both uses
+    summed before taking norms, which this scheme cannot do: it raises instead.
     """
     seen: set[str] = set()
 
     def forward_hook(layer: Layer) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if not out.requires_grad:
-                return
+            if not out.requires_grad:  # parameters are frozen: only the input can carry a gradient
+                raise RuntimeError(f"layer {layer.name!r} does not depend on the model input; unsupported")
             if layer.name in seen:
-                raise RuntimeError(f"layer {layer.name!r} is applied twice in one forward (shared weights); unsupported")
+                raise RuntimeError(f"layer {layer.name!r} is applied twice in one forward (shared weights)")
             seen.add(layer.name)
             x = inputs[0].detach()
 

@@ -1,0 +1,88 @@
+"""Retraining trials on Ray Tune: a grid over method x fraction x seed x target model.
+
+Each trial writes its accuracy row to the study root when it finishes, so the root, not
+Tune's state, says what is done: a re-run starts only trials without a row, and an
+interrupted Tune run is continued with ``Tuner.restore`` (finished trials are not run
+again). Trials ask for ``cpus_per_trial`` CPUs and, on GPU clusters, a fraction of a GPU
+so that small-subset trials share one. Failed trials are retried (``FailureConfig``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+
+from coreset import layout
+from coreset.cluster.runtime import gpus_available
+from coreset.config import StudyConfig, config_from_dict
+from coreset.data import load_datasets
+from coreset.retraining import Trial, grid_name, retrain, subset_ids, trial_grid
+from coreset.source import load_split
+from coreset.storage import StudyRoot
+from coreset.tables import read_table, write_table
+
+log = logging.getLogger("coreset")
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """One Tune trial: train on the trial's subset, report every evaluation, write the row."""
+    cfg = config_from_dict(config["study"])
+    root = StudyRoot(config["root"])
+    trial = Trial(**config["trial"])
+    torch.set_num_threads(int(config["threads"]))
+    if root.exists(layout.trial_row(trial.key)):  # finished in an earlier run
+        row = read_table(root, layout.trial_row(trial.key), "accuracy").iloc[0]
+        tune.report({"epoch": 0, "test_acc": float(row.test_acc), "done_before": True})
+        return
+    datasets = load_datasets(cfg.data)
+    split = load_split(cfg, root, datasets, write=False)
+    train_ids = split.sample_id[split.split == "train"].to_numpy()
+    subsets = pd.read_parquet(root.url(layout.SUBSETS)) if trial.method != "full" else pd.DataFrame()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    row = retrain(cfg, datasets, trial, subset_ids(trial, subsets, train_ids), report=tune.report, device=device)
+    write_table(root, layout.trial_row(trial.key), pd.DataFrame([row]), "accuracy")
+
+
+def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> pd.DataFrame:
+    """Run every unfinished trial; returns (and writes) the accuracy table of the whole grid."""
+    grid = trial_grid(cfg)
+    pending = [t for t in grid if not root.exists(layout.trial_row(t.key))]
+    log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
+    if pending:
+        _tune(cfg, root, resources, grid, pending)
+    rows = [read_table(root, layout.trial_row(t.key), "accuracy") for t in grid if root.exists(layout.trial_row(t.key))]
+    missing = len(grid) - len(rows)
+    if missing:
+        raise RuntimeError(f"{missing} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
+    accuracy = pd.concat(rows, ignore_index=True)
+    write_table(root, layout.ACCURACY, accuracy, "accuracy")
+    return accuracy
+
+
+def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial], pending: list[Trial]) -> None:
+    r = cfg.retrain
+    gpus = gpus_available(resources)
+    per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
+    trainable = tune.with_resources(_trainable, per_trial)
+    storage = os.path.join(root.uri, layout.RETRAIN, "tune") if root.local else f"{root.uri}/{layout.RETRAIN}/tune"
+    name = grid_name(grid)
+    path = os.path.join(storage, name) if root.local else f"{storage}/{name}"
+    if tune.Tuner.can_restore(path):
+        log.info("retrain: restoring the interrupted Tune run %s", path)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        common = {"study": cfg.to_dict(), "root": root.uri, "threads": r.cpus_per_trial}
+        space = {**common, "trial": tune.grid_search([asdict(t) for t in pending])}
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=r.max_failures)),
+        )
+    tuner.fit()

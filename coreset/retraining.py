@@ -1,0 +1,131 @@
+"""Retraining from scratch on a subset: the measure of how well a coreset stands in for
+the full data. Pure PyTorch; Ray Tune runs one :func:`retrain` per trial.
+
+Both length policies run a number of optimiser steps split into evaluation intervals:
+``epochs`` evaluates after every pass over the subset; ``steps`` runs a fixed budget of
+steps (reshuffled passes over the subset) and evaluates at evenly spaced points, so tiny
+subsets are not evaluated hundreds of times.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from coreset.config import StudyConfig
+from coreset.data import Batches, Datasets
+from coreset.models import build_model
+from coreset.training import build_optimizer, build_scheduler, evaluate, pick_device, prepare_model, train_one_epoch
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the grid; ``fraction`` 1.0 with method ``full`` is the full-data reference."""
+
+    method: str
+    fraction: float
+    seed: int
+    target_model: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.target_model}__{self.method}__f{self.fraction:g}__s{self.seed}"
+
+
+def trial_grid(cfg: StudyConfig) -> list[Trial]:
+    r = cfg.retrain
+    methods = r.methods or cfg.score.methods
+    fractions = r.fractions or cfg.score.fractions
+    seeds = r.seeds or cfg.score.seeds
+    targets = r.target_models or (cfg.model.name,)
+    grid = [Trial(m, f, s, t) for t in targets for m in methods for f in fractions for s in seeds]
+    if r.full_data:
+        grid += [Trial("full", 1.0, s, t) for t in targets for s in seeds]
+    return grid
+
+
+def grid_name(grid: list[Trial]) -> str:
+    """A stable name of the grid: the Tune experiment that a restore continues."""
+    return "retrain-" + hashlib.sha256(json.dumps(sorted(t.key for t in grid)).encode()).hexdigest()[:10]
+
+
+def subset_ids(trial: Trial, subsets: pd.DataFrame, train_ids: np.ndarray) -> np.ndarray:
+    if trial.method == "full":
+        return np.sort(train_ids)
+    rows = subsets[(subsets.method == trial.method) & np.isclose(subsets.fraction, trial.fraction)
+                   & (subsets.seed == trial.seed)]
+    if rows.empty:
+        raise ValueError(f"no subset for {trial.method} at fraction {trial.fraction} seed {trial.seed}; run jobs/score.py")
+    return np.sort(rows.sample_id.to_numpy())
+
+
+def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
+    """(evaluation intervals, steps per interval) of a trial on ``n`` images."""
+    r = cfg.retrain
+    per_pass = math.ceil(n / r.batch_size)
+    if r.policy == "epochs":
+        return r.epochs, per_pass
+    intervals = min(r.evaluations, r.steps)
+    return intervals, math.ceil(r.steps / intervals)
+
+
+def _cycle(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    for epoch in itertools.count(1):
+        batches.set_epoch(epoch)
+        yield from batches
+
+
+def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
+            report: Callable[[dict[str, Any]], None] = lambda m: None,
+            device: torch.device | None = None) -> dict[str, Any]:
+    """Train ``trial.target_model`` from random init on ``ids``; the trial's accuracy row."""
+    start = time.perf_counter()
+    device = device or pick_device(cfg.train.use_gpu)
+    torch.manual_seed(cfg.seed * 1_000_003 + trial.seed)
+    model = prepare_model(build_model(trial.target_model, datasets.spec), device)
+    intervals, per_interval = schedule(cfg, len(ids))
+    tcfg = dataclasses.replace(cfg.train, epochs=intervals, warmup_epochs=0,
+                               milestones=tuple(m for m in cfg.train.milestones if m <= intervals) or ())
+    if tcfg.schedule == "step" and not tcfg.milestones:
+        tcfg = dataclasses.replace(tcfg, schedule="constant")
+    optimizer = build_optimizer(model, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, per_interval)
+    train = datasets.batches("train", ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
+    stream = _cycle(train)
+    test = datasets.batches("test", None, cfg.train.eval_batch_size)
+    accs = []
+    for interval in range(1, intervals + 1):
+        stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device, cfg.train.amp)
+        acc = evaluate(model, test, device, cfg.train.amp).acc
+        accs.append(acc)
+        report({"epoch": interval, "step": interval * per_interval, "test_acc": acc, "train_loss": stats.loss})
+    steps = intervals * per_interval
+    return {"method": trial.method, "fraction": trial.fraction, "seed": trial.seed, "source_model": cfg.model.name,
+            "target_model": trial.target_model, "n_train": len(ids), "test_acc": accs[-1], "best_test_acc": max(accs),
+            "epochs": steps * cfg.retrain.batch_size / len(ids), "steps": steps, "policy": cfg.retrain.policy,
+            "wall_s": time.perf_counter() - start, "config": json.dumps(trial_settings(cfg), sort_keys=True)}
+
+
+def trial_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """What a trial's result depends on besides its grid point (recorded per row)."""
+    r, t = cfg.retrain, cfg.train
+    return {"policy": r.policy, "epochs": r.epochs, "steps": r.steps, "evaluations": r.evaluations,
+            "batch_size": r.batch_size, "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
+            "nesterov": t.nesterov, "schedule": t.schedule, "amp": t.amp, "data": cfg.data.name, "seed": cfg.seed}
+
+
+def summary_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """method x fraction: mean ± std of final test accuracy over seeds (and the best, for reference)."""
+    g = accuracy.groupby(["target_model", "method", "fraction"])
+    out = g.agg(test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+                best_test_acc_mean=("best_test_acc", "mean"), seeds=("seed", "nunique"), n_train=("n_train", "first"))
+    return out.reset_index()
