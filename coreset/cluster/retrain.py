@@ -61,7 +61,8 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     if missing:
         raise RuntimeError(f"{missing} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
     accuracy = pd.concat(rows, ignore_index=True)
-    write_table(root, layout.ACCURACY, accuracy, "accuracy")
+    if pending or not root.exists(layout.ACCURACY):
+        write_table(root, layout.ACCURACY, accuracy, "accuracy")
     return accuracy
 
 

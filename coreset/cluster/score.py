@@ -73,7 +73,7 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
         ranking = {"max_gradient": cfg.score.norm, "gradsimcore": "gradsimcore"}.get(name)
         if ranking:  # the magnitude methods share one ranking (by the norm column)
             entropy.append(entropy_frame(ranking, scores, cfg.score.fractions))
-    if entropy:
+    if entropy and (summary.computed or not root.exists(f"{layout.ANALYSIS}/label_entropy.parquet")):
         write_table(root, f"{layout.ANALYSIS}/label_entropy.parquet", pd.concat(entropy, ignore_index=True), "label_entropy")
     subsets = pd.read_parquet(root.url(layout.SUBSETS))
     summary.subset_sizes = {m: g.groupby("fraction").size().div(len(cfg.score.seeds)).astype(int).to_dict()
