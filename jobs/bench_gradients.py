@@ -162,7 +162,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     warmups = {k: (lambda f=fns[k]: f(xs[:2], ys[:2])) if k in slow else fns[k] for k in fns}
     for k in slow:
         fns[k] = lambda f=fns[k]: f(xs, ys)
-    reps = {k: 1 if k in slow and args.device == "cpu" else args.repeats for k in fns}
+    reps = {k: min(2, args.repeats) if k in slow and args.device == "cpu" else args.repeats for k in fns}
     seconds = timed(fns, warmups, reps, args.device)
     rows = []
     for piece, sec in seconds.items():
