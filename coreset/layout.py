@@ -47,6 +47,6 @@ RETRAIN = "retrain"
 ACCURACY = "accuracy.parquet"
 
 
-def trial_row(key: str) -> str:
-    """One finished retraining trial's accuracy row (the accuracy table gathers them)."""
-    return f"{RETRAIN}/trials/{key}.parquet"
+def trial_row(settings: str, key: str) -> str:
+    """One finished retraining trial's accuracy row, under the hash of the training settings."""
+    return f"{RETRAIN}/trials/{settings}/{key}.parquet"

@@ -41,6 +41,11 @@ class Trial:
         return f"{self.target_model}__{self.method}__f{self.fraction:g}__s{self.seed}"
 
 
+def settings_key(cfg: StudyConfig) -> str:
+    """Short hash of :func:`trial_settings`: rows of trials run with other settings are not reused."""
+    return hashlib.sha256(json.dumps(trial_settings(cfg), sort_keys=True).encode()).hexdigest()[:8]
+
+
 def trial_grid(cfg: StudyConfig) -> list[Trial]:
     r = cfg.retrain
     methods = r.methods or cfg.score.methods

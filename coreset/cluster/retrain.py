@@ -22,7 +22,7 @@ from coreset import layout
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
-from coreset.retraining import Trial, grid_name, retrain, subset_ids, trial_grid
+from coreset.retraining import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
 from coreset.source import load_split
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
@@ -36,8 +36,8 @@ def _trainable(config: dict[str, Any]) -> None:
     root = StudyRoot(config["root"])
     trial = Trial(**config["trial"])
     torch.set_num_threads(int(config["threads"]))
-    if root.exists(layout.trial_row(trial.key)):  # finished in an earlier run
-        row = read_table(root, layout.trial_row(trial.key), "accuracy").iloc[0]
+    if root.exists(layout.trial_row(settings_key(cfg), trial.key)):  # finished in an earlier run
+        row = read_table(root, layout.trial_row(settings_key(cfg), trial.key), "accuracy").iloc[0]
         tune.report({"epoch": 0, "test_acc": float(row.test_acc), "done_before": True})
         return
     datasets = load_datasets(cfg.data)
@@ -46,17 +46,18 @@ def _trainable(config: dict[str, Any]) -> None:
     subsets = pd.read_parquet(root.url(layout.SUBSETS)) if trial.method != "full" else pd.DataFrame()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     row = retrain(cfg, datasets, trial, subset_ids(trial, subsets, train_ids), report=tune.report, device=device)
-    write_table(root, layout.trial_row(trial.key), pd.DataFrame([row]), "accuracy")
+    write_table(root, layout.trial_row(settings_key(cfg), trial.key), pd.DataFrame([row]), "accuracy")
 
 
 def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> pd.DataFrame:
     """Run every unfinished trial; returns (and writes) the accuracy table of the whole grid."""
     grid = trial_grid(cfg)
-    pending = [t for t in grid if not root.exists(layout.trial_row(t.key))]
+    settings = settings_key(cfg)
+    pending = [t for t in grid if not root.exists(layout.trial_row(settings, t.key))]
     log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     if pending:
         _tune(cfg, root, resources, grid, pending)
-    rows = [read_table(root, layout.trial_row(t.key), "accuracy") for t in grid if root.exists(layout.trial_row(t.key))]
+    rows = [read_table(root, layout.trial_row(settings, t.key), "accuracy") for t in grid if root.exists(layout.trial_row(settings, t.key))]
     missing = len(grid) - len(rows)
     if missing:
         raise RuntimeError(f"{missing} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
@@ -72,7 +73,7 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
     per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
     trainable = tune.with_resources(_trainable, per_trial)
     storage = os.path.join(root.uri, layout.RETRAIN, "tune") if root.local else f"{root.uri}/{layout.RETRAIN}/tune"
-    name = grid_name(grid)
+    name = f"{grid_name(grid)}-{settings_key(cfg)}"
     path = os.path.join(storage, name) if root.local else f"{storage}/{name}"
     if tune.Tuner.can_restore(path):
         log.info("retrain: restoring the interrupted Tune run %s", path)
