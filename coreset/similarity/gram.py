@@ -15,6 +15,9 @@ import torch
 from coreset.similarity.factors import ArrayLike, check_factors, float32_floor, unit_factors
 
 DEFAULT_BLOCK = 2048
+# Triangular counting: smaller row blocks waste less of the square diagonal block
+# (measured on 2 cores, n=5000, D=512: 512 fastest of 512/1024/2048).
+TRIANGLE_BLOCK = 512
 
 
 def cosine_blocks(
@@ -46,12 +49,29 @@ def count_similar(
     err: ArrayLike,
     emb: ArrayLike,
     threshold: float,
-    block_size: int = DEFAULT_BLOCK,
+    block_size: int = TRIANGLE_BLOCK,
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
-    """For each i, the number of j ≠ i with cos(g_i, g_j) > Φ (strictly), one class, one checkpoint."""
+    """For each i, the number of j ≠ i with cos(g_i, g_j) > Φ (strictly), one class, one checkpoint.
+
+    Only the upper triangle is computed (each pair once, counted for both samples): row
+    block [s, s+b) against columns [s, n). That is about half the matrix products of the
+    full row blocks, which dominate the cost.
+    """
     check_factors(err, emb, threshold)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"gram backend computes in float32 or float64, got {dtype}")
-    return count_blocks(cosine_blocks(err, emb, block_size, device, dtype), threshold, err.shape[0])
+    e, h = unit_factors(err, emb, dtype, device)
+    n = len(e)
+    phi = float32_floor(threshold) if dtype == torch.float32 else float(threshold)
+    counts = torch.zeros(n, dtype=torch.int64, device=e.device)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        b = stop - start
+        cos = (e[start:stop] @ e[start:].T).mul_(h[start:stop] @ h[start:].T)
+        cos[:, :b].masked_fill_(torch.ones(b, b, dtype=torch.bool, device=e.device).tril(), -torch.inf)  # j > i
+        hit = cos > phi
+        counts[start:stop] += hit.sum(dim=1)
+        counts[start:] += hit.sum(dim=0)
+    return counts.cpu().numpy()
