@@ -8,23 +8,13 @@ row per trial: final and best test accuracy) and prints mean ± std over seeds.
 """
 from __future__ import annotations
 
-import logging
-
-from coreset.cli import fail, parse_job_args
+from coreset.cluster.job import run_stage
 from coreset.cluster.retrain import run_retrain
-from coreset.cluster.runtime import init_ray
 from coreset.report import print_summary
-
-log = logging.getLogger("coreset")
 
 
 def main() -> None:
-    job, _ = parse_job_args(__doc__.splitlines()[0])
-    resources = init_ray(job.address)
-    try:
-        accuracy = run_retrain(job.config, job.root, resources)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
+    _, accuracy = run_stage(__doc__, run_retrain)
     print_summary(accuracy)
 
 

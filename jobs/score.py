@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import logging
 
-from coreset.cli import fail, parse_job_args
-from coreset.cluster.runtime import init_ray
+from coreset.cluster.job import run_stage
 from coreset.cluster.score import run_score
 
 log = logging.getLogger("coreset")
 
 
 def main() -> None:
-    job, _ = parse_job_args(__doc__.splitlines()[0])
-    resources = init_ray(job.address)
-    try:
-        summary = run_score(job.config, job.root, resources)
-    except (KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+    _, summary = run_stage(__doc__, run_score)
     log.info("score: computed %s, skipped %s in %.1fs", summary.computed or "nothing", summary.skipped or "nothing",
              summary.wall_s)
     for method, sizes in summary.subset_sizes.items():

@@ -13,9 +13,9 @@ import argparse
 import logging
 import time
 
-from coreset.checkpoints import CheckpointError
 from coreset.cli import fail, parse_job_args
 from coreset.cluster.gradients import run_gradients
+from coreset.cluster.job import USER_ERRORS
 from coreset.cluster.retrain import run_retrain
 from coreset.cluster.runtime import init_ray
 from coreset.cluster.score import run_score
@@ -52,7 +52,7 @@ def main() -> None:
             else:
                 print_summary(run_retrain(cfg, root, resources))
             log.info("stage %s: %.1fs", stage, time.perf_counter() - t)
-    except (DataError, CheckpointError, ValueError, RuntimeError) as e:
+    except USER_ERRORS as e:
         fail(str(e))
     log.info("study %s finished in %.1fs -> %s", cfg.name, time.perf_counter() - start, root.url())
 

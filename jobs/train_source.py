@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from coreset.cli import fail, parse_job_args
-from coreset.cluster.runtime import init_ray
+from coreset.cluster.job import run_stage
 from coreset.cluster.train import run_source_training
-from coreset.data import DataError, load_datasets
 
 log = logging.getLogger("coreset")
 
 
 def main() -> None:
-    job, _ = parse_job_args(__doc__.splitlines()[0])
-    try:
-        load_datasets(job.config.data)  # fail here, in one line, before any cluster work
-    except DataError as e:
-        fail(str(e))
-    resources = init_ray(job.address)
-    result = run_source_training(job.config, job.root, resources)
+    job, result = run_stage(__doc__, run_source_training)
     log.info("source model: best epoch %d, validation accuracy %.4f, final test accuracy %.4f -> %s",
              result.best_epoch, result.best_val_acc, result.final_test_acc, job.root.url("source"))
 

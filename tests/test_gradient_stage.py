@@ -87,3 +87,18 @@ def test_lost_shard_is_recomputed_and_settings_change_is_refused(trained: StudyR
 def test_gradients_need_a_trained_source(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no finished source training"):
         run_gradients(_cfg(), StudyRoot(str(tmp_path)), {"CPU": 2})
+
+
+@pytest.mark.ray
+def test_gradients_job_without_source_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "gradients.py"), "--config", str(repo / "jobs/configs/smoke.yaml"),
+                           "--root", str(tmp_path), "--set", "data.name=synthetic"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"error: no finished source training in {tmp_path}; run jobs/train_source.py first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

@@ -14,12 +14,11 @@ from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
-import ray
 import torch
 from ray import tune
 
 from coreset import layout
-from coreset.cluster.runtime import gpus_available
+from coreset.cluster.runtime import StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.retraining import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
@@ -60,7 +59,7 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     rows = [read_table(root, layout.trial_row(settings, t.key), "accuracy") for t in grid if root.exists(layout.trial_row(settings, t.key))]
     missing = len(grid) - len(rows)
     if missing:
-        raise RuntimeError(f"{missing} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
+        raise StageError(f"{missing} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
     accuracy = pd.concat(rows, ignore_index=True)
     if pending or not root.exists(layout.ACCURACY):
         write_table(root, layout.ACCURACY, accuracy, "accuracy")

@@ -9,6 +9,10 @@ import ray
 log = logging.getLogger("coreset")
 
 
+class StageError(RuntimeError):
+    """A stage on the cluster could not finish (e.g. trials failed after their retries)."""
+
+
 def init_ray(address: str | None = None) -> dict[str, float]:
     """Connect to ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``); else start
     a local Ray on this machine. Returns the cluster's total resources."""

@@ -14,7 +14,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from coreset.cluster.runtime import gpus_available
+from coreset.cluster.runtime import StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.source import SourceResult, read_source_result, train_source
 from coreset.storage import StudyRoot
@@ -56,7 +56,7 @@ def run_source_training(cfg: StudyConfig, root: StudyRoot, resources: dict[str, 
     trainer.fit()
     result = read_source_result(root)
     if result is None:
-        raise RuntimeError(f"source training ended without writing {root.url('source/done.json')}")
+        raise StageError(f"source training ended without writing {root.url('source/done.json')}")
     return result
 
 
