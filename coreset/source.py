@@ -25,7 +25,7 @@ from torch import nn
 from coreset import layout
 from coreset.checkpoints import load_checkpoint, model_meta, save_checkpoint
 from coreset.config import StudyConfig
-from coreset.data import Datasets, load_datasets, probe_ids, train_val_split
+from coreset.data import Datasets, load_datasets, probe_ids, split_ids, train_val_split
 from coreset.gradients.last_layer import last_layer_factors, last_layer_norms
 from coreset.models import Classifier, build_model
 from coreset.progress import Progress
@@ -59,6 +59,11 @@ def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: boo
     return split
 
 
+def recorded_train_ids(root: StudyRoot) -> np.ndarray:
+    """The train-split ids that source training recorded (later stages read, never redraw, them)."""
+    return split_ids(read_table(root, layout.SPLIT, "split"))
+
+
 def build_source_model(cfg: StudyConfig, datasets: Datasets) -> Classifier:
     torch.manual_seed(cfg.seed)
     return build_model(cfg.model.name, datasets.spec, pretrained=cfg.model.pretrained)
@@ -90,8 +95,7 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
     lead = rank == 0
     datasets = load_datasets(cfg.data)
     split = load_split(cfg, root, datasets, write=lead)
-    train_ids = split.sample_id[split.split == "train"].to_numpy()
-    val_ids = split.sample_id[split.split == "val"].to_numpy()
+    train_ids, val_ids = split_ids(split, "train"), split_ids(split, "val")
     probe = probe_ids(train_ids, cfg.train.probe_size, cfg.seed)
     meta = source_meta(cfg, datasets)
 

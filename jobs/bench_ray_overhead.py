@@ -27,7 +27,7 @@ from coreset.cluster.gradients import run_gradients
 from coreset.config import load_config
 from coreset.data import load_datasets
 from coreset.gradient_tables import compute_shard, final_epoch, plan
-from coreset.source import load_source_model, load_split, read_source_result
+from coreset.source import load_source_model, read_source_result, recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
 
@@ -59,11 +59,10 @@ def main() -> None:
     root = scratch_copy(src)
     start = time.perf_counter()
     ds = load_datasets(cfg.data)
-    split = load_split(cfg, root, ds, write=False)
     source = read_source_result(root)
     assert source is not None, f"{src} has no finished source training"
     epoch = final_epoch(cfg.gradients, source)
-    tasks = plan(split.sample_id[split.split == "train"].to_numpy(), epoch, (), cfg.gradients.shard_size, source.epochs_run)
+    tasks = plan(recorded_train_ids(root), epoch, (), cfg.gradients.shard_size, source.epochs_run)
     model = load_source_model(cfg, root, ds, epoch, torch.device("cpu"))
     for t in tasks:
         write_table(root, t.path, compute_shard(model, ds, t, cfg.gradients, torch.device("cpu")), "gradients")

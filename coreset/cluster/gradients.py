@@ -23,7 +23,7 @@ from coreset.data import load_datasets
 from coreset.gradient_tables import (ShardTask, batch_bound_rows, check_manifest, compute_shard, final_epoch,
                                      manifest, plan)
 from coreset.progress import Progress
-from coreset.source import load_source_model, load_split, read_source_result
+from coreset.source import load_source_model, read_source_result, recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
 
@@ -76,9 +76,7 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     if source is None:
         raise ValueError(f"no finished source training in {root.url()}; run jobs/train_source.py first")
     gcfg = cfg.gradients
-    datasets = load_datasets(cfg.data)
-    split = load_split(cfg, root, datasets, write=False)
-    train_ids = split.sample_id[split.split == "train"].to_numpy()
+    train_ids = recorded_train_ids(root)
     final = final_epoch(gcfg, source)
     tasks = plan(train_ids, final, gcfg.factor_epochs, gcfg.shard_size, source.epochs_run)
     check_manifest(root, manifest(gcfg, tasks, len(train_ids)))

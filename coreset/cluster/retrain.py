@@ -22,7 +22,7 @@ from coreset.cluster.runtime import StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.retraining import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
-from coreset.source import load_split
+from coreset.source import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 
@@ -35,17 +35,16 @@ def _trainable(config: dict[str, Any]) -> None:
     root = StudyRoot(config["root"])
     trial = Trial(**config["trial"])
     torch.set_num_threads(int(config["threads"]))
-    if root.exists(layout.trial_row(settings_key(cfg), trial.key)):  # finished in an earlier run
-        row = read_table(root, layout.trial_row(settings_key(cfg), trial.key), "accuracy").iloc[0]
+    row_path = layout.trial_row(settings_key(cfg), trial.key)
+    if root.exists(row_path):  # finished in an earlier run
+        row = read_table(root, row_path, "accuracy").iloc[0]
         tune.report({"epoch": 0, "test_acc": float(row.test_acc), "done_before": True})
         return
-    datasets = load_datasets(cfg.data)
-    split = load_split(cfg, root, datasets, write=False)
-    train_ids = split.sample_id[split.split == "train"].to_numpy()
-    subsets = pd.read_parquet(root.url(layout.SUBSETS)) if trial.method != "full" else pd.DataFrame()
+    subsets = read_table(root, layout.subsets(trial.method), "subsets") if trial.method != "full" else pd.DataFrame()
+    ids = subset_ids(trial, subsets, recorded_train_ids(root))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    row = retrain(cfg, datasets, trial, subset_ids(trial, subsets, train_ids), report=tune.report, device=device)
-    write_table(root, layout.trial_row(settings_key(cfg), trial.key), pd.DataFrame([row]), "accuracy")
+    row = retrain(cfg, load_datasets(cfg.data), trial, ids, report=tune.report, device=device)
+    write_table(root, row_path, pd.DataFrame([row]), "accuracy")
 
 
 def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> pd.DataFrame:

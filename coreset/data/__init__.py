@@ -9,7 +9,7 @@ from coreset.config import DataConfig
 from coreset.data.imageset import ImageSet
 from coreset.data.loader import Batches
 from coreset.data.sources import DataError, load_splits, native_size
-from coreset.data.split import probe_ids, train_val_split
+from coreset.data.split import probe_ids, split_ids, train_val_split
 from coreset.data.transforms import BatchTransform
 from coreset.models.base import InputSpec
 
@@ -48,4 +48,4 @@ def load_datasets(cfg: DataConfig) -> Datasets:
     return Datasets(cfg, train, test, native_size(cfg))
 
 
-__all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "train_val_split"]
+__all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "split_ids", "train_val_split"]

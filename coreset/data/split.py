@@ -20,6 +20,11 @@ def train_val_split(labels: np.ndarray, val_fraction: float, seed: int) -> pd.Da
                          "split": pd.Series(split, dtype="string")})
 
 
+def split_ids(split: pd.DataFrame, which: str = "train") -> np.ndarray:
+    """Sorted sample ids of one side ('train' or 'val') of a split table."""
+    return np.sort(split.sample_id[split.split == which].to_numpy())
+
+
 def probe_ids(train_ids: np.ndarray, size: int, seed: int) -> np.ndarray:
     """A fixed random subset of the train split whose gradients are tracked every epoch."""
     rng = np.random.default_rng(seed + 1)
