@@ -13,14 +13,11 @@ import argparse
 import logging
 import time
 
-from coreset.cli import fail, parse_job_args
 from coreset.cluster.gradients import run_gradients
-from coreset.cluster.job import USER_ERRORS
+from coreset.cluster.job import one_line_errors, start_job
 from coreset.cluster.retrain import run_retrain
-from coreset.cluster.runtime import init_ray
 from coreset.cluster.score import run_score
 from coreset.cluster.train import run_source_training
-from coreset.data import DataError, load_datasets
 from coreset.report import print_summary
 
 log = logging.getLogger("coreset")
@@ -32,15 +29,10 @@ def _stages(p: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    job, ns = parse_job_args(__doc__.splitlines()[0], extend=_stages)
+    job, ns, resources = start_job(__doc__, extend=_stages)
     cfg, root = job.config, job.root
-    try:
-        load_datasets(cfg.data)  # bad data fails here, in one line, before any cluster work
-    except DataError as e:
-        fail(str(e))
-    resources = init_ray(job.address)
     start = time.perf_counter()
-    try:
+    with one_line_errors():
         for stage in (s for s in STAGES if s in ns.stages):
             t = time.perf_counter()
             if stage == "train":
@@ -52,8 +44,6 @@ def main() -> None:
             else:
                 print_summary(run_retrain(cfg, root, resources))
             log.info("stage %s: %.1fs", stage, time.perf_counter() - t)
-    except USER_ERRORS as e:
-        fail(str(e))
     log.info("study %s finished in %.1fs -> %s", cfg.name, time.perf_counter() - start, root.url())
 
 

@@ -1,8 +1,10 @@
-"""The frame every stage job shares: parse the command line, check the data, join or start
-Ray, run the stage, and turn the errors a user can fix into one line and exit code 2."""
+"""The frame every job shares: parse the command line, check the data, join or start Ray,
+and turn the errors a user can fix into one line and exit code 2."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import argparse
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from coreset.checkpoints import CheckpointError
 from coreset.cli import JobArgs, fail, parse_job_args
@@ -16,15 +18,27 @@ T = TypeVar("T")
 USER_ERRORS = (DataError, CheckpointError, StorageError, SchemaError, StageError, ValueError)
 
 
-def run_stage(doc: str, stage: Callable[[StudyConfig, StudyRoot, dict[str, float]], T]) -> tuple[JobArgs, T]:
-    """Run ``stage(config, root, cluster_resources)`` as a job described by ``doc``."""
-    job, _ = parse_job_args(doc.splitlines()[0])
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Errors a user can act on end the job with one line on stderr and exit code 2."""
     try:
-        load_datasets(job.config.data)  # bad data fails here, before any cluster work
-    except DataError as e:
-        fail(str(e))
-    resources = init_ray(job.address)
-    try:
-        return job, stage(job.config, job.root, resources)
+        yield
     except USER_ERRORS as e:
         fail(str(e))
+
+
+def start_job(doc: str, extend: Callable[[argparse.ArgumentParser], None] | None = None
+              ) -> tuple[JobArgs, argparse.Namespace, dict[str, float]]:
+    """Parse arguments, check that the data loads (before any cluster work), start Ray."""
+    job, ns = parse_job_args(doc.splitlines()[0], extend=extend)
+    with one_line_errors():
+        load_datasets(job.config.data)
+    return job, ns, init_ray(job.address)
+
+
+def run_stage(doc: str, stage: Callable[[StudyConfig, StudyRoot, dict[str, float]], T]) -> tuple[JobArgs, T]:
+    """Run ``stage(config, root, cluster_resources)`` as a job described by ``doc``."""
+    job, _, resources = start_job(doc)
+    with one_line_errors():
+        result = stage(job.config, job.root, resources)
+    return job, result
