@@ -11,20 +11,19 @@ import torch
 
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
-from coreset.config import load_config
 from coreset.data import load_datasets
 from coreset.gradient_tables import ShardTask, compute_shard
 from coreset.source import load_source_model, train_source
 from coreset.storage import StudyRoot
+from studies import synthetic_study
 
 
 def _cfg(*extra: str):
-    return load_config(None, ["name=grad", "data.name=synthetic", "data.synthetic_size=300", "model.name=mnist_cnn",
-                              "train.epochs=3", "train.lr=0.05", "train.batch_size=32", "train.probe_size=8",
-                              "gradients.norms=[l1, l2, linf]", "gradients.factor_epochs=[1, 2]",
-                              "gradients.shard_size=64", "gradients.batch_size=50", "gradients.bound_batches=3",
-                              "gradients.bound_batch_size=16", "gradients.final_epoch=last",
-                              "gradients.cpus_per_worker=1", *extra])
+    return synthetic_study("grad", "data.synthetic_size=300", "train.epochs=3",
+                           "gradients.norms=[l1, l2, linf]", "gradients.factor_epochs=[1, 2]",
+                           "gradients.shard_size=64", "gradients.batch_size=50", "gradients.bound_batches=3",
+                           "gradients.bound_batch_size=16", "gradients.final_epoch=last",
+                           "gradients.cpus_per_worker=1", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import ray
 from coreset.cluster.train import run_source_training
 from coreset.config import load_config
 from coreset.storage import StudyRoot
+from studies import synthetic_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +26,7 @@ def local_ray():
 
 @pytest.mark.ray
 def test_two_worker_data_parallel_training(tmp_path: Path, local_ray: dict) -> None:
-    cfg = load_config(None, ["name=ddp", "data.name=synthetic", "model.name=mnist_cnn", "train.epochs=2",
-                             "train.lr=0.05", "train.batch_size=32", "train.probe_size=16", "train.workers=2"])
+    cfg = synthetic_study("ddp", "train.epochs=2", "train.probe_size=16", "train.workers=2")
     root = StudyRoot(str(tmp_path))
     result = run_source_training(cfg, root, local_ray)
     log = pd.read_parquet(tmp_path / "source" / "train_log.parquet")

@@ -9,18 +9,17 @@ import ray
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
 from coreset.cluster.score import run_score
-from coreset.config import load_config
 from coreset.methods.budget import class_budgets, global_budget
 from coreset.source import train_source
 from coreset.storage import StudyRoot
+from studies import synthetic_study
 
 
 def _cfg(*extra: str):
-    return load_config(None, ["name=score", "data.name=synthetic", "data.synthetic_size=400", "model.name=mnist_cnn",
-                              "train.epochs=3", "train.lr=0.05", "train.batch_size=32", "train.probe_size=8",
-                              "gradients.factor_epochs=[1, 2]", "gradients.final_epoch=last", "gradients.bound_batches=0",
-                              "gradients.cpus_per_worker=1", "score.fractions=[0.01, 0.1, 0.5]", "score.seeds=[0, 1]",
-                              *extra])
+    return synthetic_study("score", "data.synthetic_size=400", "train.epochs=3",
+                           "gradients.factor_epochs=[1, 2]", "gradients.final_epoch=last", "gradients.bound_batches=0",
+                           "gradients.cpus_per_worker=1", "score.fractions=[0.01, 0.1, 0.5]", "score.seeds=[0, 1]",
+                           *extra)
 
 
 @pytest.fixture(scope="module")

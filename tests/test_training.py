@@ -12,6 +12,7 @@ from coreset.checkpoints import load_checkpoint
 from coreset.config import load_config
 from coreset.source import read_source_result, train_source
 from coreset.storage import StudyRoot
+from studies import synthetic_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,7 @@ def test_short_mnist_training_reaches_97_percent(tmp_path: Path, shared_data: Pa
 
 
 def _synthetic(epochs: int, *extra: str):
-    return load_config(None, ["name=syn", "data.name=synthetic", "model.name=mnist_cnn", f"train.epochs={epochs}",
-                              "train.lr=0.05", "train.batch_size=32", "train.probe_size=16", *extra])
+    return synthetic_study("syn", f"train.epochs={epochs}", "train.probe_size=16", *extra)
 
 
 class _Interrupt(Exception):

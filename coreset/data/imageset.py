@@ -65,7 +65,7 @@ def decode_files(files: Sequence[Path], channels: int, size: int | None) -> torc
         with Image.open(f) as im:
             im = im.convert(mode)
             if size is not None and im.size != (size, size):
-                im = _resize_center_crop(im, size)
+                im = resize_center_crop(im, size)
             arr = np.asarray(im, dtype=np.uint8)
         if arr.ndim == 2:
             arr = arr[:, :, None]
@@ -79,7 +79,7 @@ def decode_files(files: Sequence[Path], channels: int, size: int | None) -> torc
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
+def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
     w, h = im.size
     scale = size / min(w, h)
     im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)

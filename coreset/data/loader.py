@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from coreset.data.imageset import ImageSet, _resize_center_crop
+from coreset.data.imageset import ImageSet, resize_center_crop
 from coreset.data.transforms import BatchTransform
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -87,7 +87,7 @@ class _Decoded(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Batch:
-        im = _resize_center_crop(self.dataset.decode(index), self.size)
+        im = resize_center_crop(self.dataset.decode(index), self.size)
         arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
         arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
         return arr, self.dataset.labels[index], torch.tensor(index)
