@@ -99,7 +99,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     model = prepare_model(build_model(trial.target_model, datasets.spec), device)
     intervals, per_interval = schedule(cfg, len(ids))
     tcfg = dataclasses.replace(cfg.train, epochs=intervals, warmup_epochs=0,
-                               milestones=tuple(m for m in cfg.train.milestones if m <= intervals) or ())
+                               milestones=tuple(m for m in cfg.train.milestones if m <= intervals))
     if tcfg.schedule == "step" and not tcfg.milestones:
         tcfg = dataclasses.replace(tcfg, schedule="constant")
     optimizer = build_optimizer(model, tcfg)
