@@ -53,19 +53,22 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     settings = settings_key(cfg)
     pending = [t for t in grid if not root.exists(layout.trial_row(settings, t.key))]
     log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
-    if pending:
-        _tune(cfg, root, resources, grid, pending)
+    errored = _tune(cfg, root, resources, grid, pending) if pending else 0
     rows = [read_table(root, layout.trial_row(settings, t.key), "accuracy") for t in grid if root.exists(layout.trial_row(settings, t.key))]
     missing = len(grid) - len(rows)
+    if missing and errored:
+        raise StageError(f"{errored} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
     if missing:
-        raise StageError(f"{missing} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
+        raise StageError(f"retraining was interrupted with {len(rows)} of {len(grid)} trials finished; "
+                         f"run the same command again to continue")
     accuracy = pd.concat(rows, ignore_index=True)
     if pending or not root.exists(layout.ACCURACY):
         write_table(root, layout.ACCURACY, accuracy, "accuracy")
     return accuracy
 
 
-def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial], pending: list[Trial]) -> None:
+def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial], pending: list[Trial]) -> int:
+    """Run (or restore) the Tune experiment of ``pending``; returns how many trials errored."""
     r = cfg.retrain
     gpus = gpus_available(resources)
     per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
@@ -85,4 +88,4 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=r.max_failures)),
         )
-    tuner.fit()
+    return tuner.fit().num_errors
