@@ -18,7 +18,7 @@ import torch
 from ray import tune
 
 from coreset import layout
-from coreset.cluster.runtime import StageError, gpus_available
+from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.retraining import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
@@ -29,8 +29,20 @@ from coreset.tables import read_table, write_table
 log = logging.getLogger("coreset")
 
 
+_USER_ERROR = "user_error"
+
+
 def _trainable(config: dict[str, Any]) -> None:
-    """One Tune trial: train on the trial's subset, report every evaluation, write the row."""
+    """One Tune trial; a user error (full or read-only root, bad data) is reported, not raised:
+    Tune would retry it and log its traceback, and the driver turns it into one line."""
+    try:
+        _run_trial(config)
+    except USER_ERRORS as e:
+        tune.report({"epoch": 0, _USER_ERROR: str(e)})
+
+
+def _run_trial(config: dict[str, Any]) -> None:
+    """Train on the trial's subset, report every evaluation, write the row."""
     cfg = config_from_dict(config["study"])
     root = StudyRoot(config["root"])
     trial = Trial(**config["trial"])
@@ -54,7 +66,10 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     pending = [t for t in grid if not root.exists(layout.trial_row(settings, t.key))]
     log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     if pending:
-        _tune(cfg, root, resources, grid, pending)
+        errors = [r.metrics[_USER_ERROR] for r in _tune(cfg, root, resources, grid, pending)
+                  if r.metrics and r.metrics.get(_USER_ERROR)]
+        if errors:
+            raise StageError(errors[0])
     rows = [read_table(root, layout.trial_row(settings, t.key), "accuracy") for t in grid if root.exists(layout.trial_row(settings, t.key))]
     missing = len(grid) - len(rows)
     if missing:
@@ -65,7 +80,8 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     return accuracy
 
 
-def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial], pending: list[Trial]) -> None:
+def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial],
+          pending: list[Trial]) -> tune.ResultGrid:
     r = cfg.retrain
     gpus = gpus_available(resources)
     per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
@@ -85,4 +101,4 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=r.max_failures)),
         )
-    tuner.fit()
+    return tuner.fit()
