@@ -10,6 +10,7 @@ from coreset.cli import JobArgs, fail, parse_job_args, record_config
 from coreset.cluster.runtime import USER_ERRORS, init_ray, user_error
 from coreset.config import StudyConfig
 from coreset.data import load_datasets
+from coreset.source import check_study_data
 from coreset.storage import StudyRoot
 
 T = TypeVar("T")
@@ -31,11 +32,12 @@ def one_line_errors() -> Iterator[None]:
 
 def start_job(doc: str, extend: Callable[[argparse.ArgumentParser], None] | None = None
               ) -> tuple[JobArgs, argparse.Namespace, dict[str, float]]:
-    """Parse arguments, check that the data loads, record the config (which also proves the root writable) and only then start Ray:
+    """Parse arguments, check that the data loads (and is still the data of the study the root
+    holds), record the config (which also proves the root writable) and only then start Ray:
     bad input costs no cluster work and writes nothing."""
     job, ns = parse_job_args(doc.splitlines()[0], extend=extend)
     with one_line_errors():
-        load_datasets(job.config.data)
+        check_study_data(job.config, job.root, load_datasets(job.config.data))
         record_config(job.config, job.root)
     return job, ns, init_ray(job.address)
 
