@@ -50,10 +50,10 @@ def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: boo
     (with the unreadable images a folder dataset left out, on which the ids depend)."""
     if root.exists(layout.SPLIT):
         split = read_table(root, layout.SPLIT, "split")
+        _check_skipped(cfg, root, datasets)  # first: it says why the train set changed
         if len(split) != len(datasets.train) or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy()):
             raise ValueError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
                              f"({len(split)} rows vs {len(datasets.train)} images); use a new study root")
-        _check_skipped(cfg, root, datasets)
         return split
     split = train_val_split(datasets.train.labels.numpy(), cfg.data.val_fraction, cfg.seed)
     if write:
