@@ -240,13 +240,14 @@ def _decoded_cached(files: list[Path], channels: int, size: int, cache: Path) ->
         bad = json.loads(bad_path.read_text()) if bad_path.is_file() else []
         return torch.from_numpy(np.load(path, allow_pickle=False)), [(int(i), str(r)) for i, r in bad]
     images, bad = decode_files(files, channels, size)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(bad_path, json.dumps(bad).encode())  # before the .npy, whose presence means "cached"
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
         np.save(tmp, images.numpy(), allow_pickle=False)
         tmp.replace(path)
-    except OSError as e:  # the cache only saves time
+    except OSError as e:  # the cache only saves time (a full cache disk must not stop the job)
+        tmp.unlink(missing_ok=True)
         log.warning("cannot cache decoded images in %s: %s", path.parent, e)
     return images, bad
 
@@ -267,5 +268,8 @@ def _checked_headers(files: list[Path], cache: Path) -> list[tuple[int, str]]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
