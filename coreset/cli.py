@@ -43,7 +43,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def parse_job_args(description: str, argv: Sequence[str] | None = None,
                    extend: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[JobArgs, argparse.Namespace]:
-    """Parse and validate the common job arguments; exits with one line on error."""
+    """Parse and validate the common job arguments; exits with one line on error. Writes
+    nothing: :func:`record_config` saves the config once the data has been checked."""
     p = parser(description)
     if extend:
         extend(p)
@@ -52,7 +53,7 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
     try:
         cfg = absolute_paths(load_config(ns.config, ns.overrides))
         root = StudyRoot(ns.root or f"results/{cfg.name}")
-        record_config(cfg, root)
+        check_study(cfg, root)
     except (ConfigError, StorageError) as e:
         fail(str(e))
     return JobArgs(cfg, root, ns.address), ns
@@ -69,13 +70,18 @@ def absolute_paths(cfg: StudyConfig) -> StudyConfig:
 
 def record_config(cfg: StudyConfig, root: StudyRoot) -> None:
     """Save the resolved config in the root; refuse a root that holds a different study."""
+    check_study(cfg, root)
+    root.write_bytes(layout.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+
+
+def check_study(cfg: StudyConfig, root: StudyRoot) -> None:
+    """Refuse a root whose recorded config is another study (reads only)."""
     if root.exists(layout.CONFIG):
         old = config_from_dict(yaml.safe_load(root.read_bytes(layout.CONFIG)))
         for key in _IDENTITY_KEYS:
             a, b = _get(old, key), _get(cfg, key)
             if a != b:
                 raise ConfigError(f"{root.url()} holds a study with {key}={a!r}, not {b!r}; use another --root")
-    root.write_bytes(layout.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
 def _get(cfg: StudyConfig, dotted: str) -> object:
@@ -86,5 +92,7 @@ def _get(cfg: StudyConfig, dotted: str) -> object:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    """Print ``error: <message>`` as exactly one line on stderr and exit with ``code``."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+    print(f"error: {line}", file=sys.stderr)
     sys.exit(code)

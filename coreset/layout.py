@@ -7,6 +7,8 @@ SOURCE = "source"
 TRAIN_LOG = f"{SOURCE}/train_log.parquet"
 TRAJECTORY = f"{SOURCE}/trajectory.parquet"
 SOURCE_DONE = f"{SOURCE}/done.json"
+# Unreadable images left out of a folder dataset (data.corrupt=skip); absent when none were.
+SKIPPED_FILES = f"{SOURCE}/skipped_files.parquet"
 RESUME = f"{SOURCE}/checkpoints/resume.pt"
 
 

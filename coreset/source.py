@@ -46,17 +46,46 @@ class SourceResult:
 
 
 def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: bool = True) -> pd.DataFrame:
-    """The study's validation split: read from the root, or drawn from the seed and recorded."""
+    """The study's validation split: read from the root, or drawn from the seed and recorded
+    (with the unreadable images a folder dataset left out, on which the ids depend)."""
     if root.exists(layout.SPLIT):
         split = read_table(root, layout.SPLIT, "split")
+        _check_skipped(cfg, root, datasets)  # first: it says why the train set changed
         if len(split) != len(datasets.train) or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy()):
             raise ValueError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
                              f"({len(split)} rows vs {len(datasets.train)} images); use a new study root")
         return split
     split = train_val_split(datasets.train.labels.numpy(), cfg.data.val_fraction, cfg.seed)
     if write:
+        skipped = skipped_files(datasets)
+        if len(skipped):
+            write_table(root, layout.SKIPPED_FILES, skipped, "skipped_files")
         write_table(root, layout.SPLIT, split, "split")
     return split
+
+
+def check_study_data(cfg: StudyConfig, root: StudyRoot, datasets: Datasets) -> None:
+    """A root with a recorded split must still get the same data: same train labels, same
+    unreadable files left out. Otherwise the sample ids of its tables would silently shift."""
+    if root.exists(layout.SPLIT):
+        load_split(cfg, root, datasets, write=False)
+
+
+def skipped_files(datasets: Datasets) -> pd.DataFrame:
+    """``split, path, error`` of the unreadable images left out (``data.corrupt=skip``)."""
+    rows = [{"split": name, "path": path, "error": why}
+            for name, ds in (("train", datasets.train), ("test", datasets.test)) for path, why in ds.skipped]
+    return pd.DataFrame(rows, columns=["split", "path", "error"])
+
+
+def _check_skipped(cfg: StudyConfig, root: StudyRoot, datasets: Datasets) -> None:
+    recorded = read_table(root, layout.SKIPPED_FILES, "skipped_files") if root.exists(layout.SKIPPED_FILES) \
+        else skipped_files(datasets).iloc[:0]
+    now = skipped_files(datasets)
+    if list(zip(recorded.split, recorded.path)) != list(zip(now.split, now.path)):
+        raise ValueError(f"{cfg.data.root} now leaves out {len(now)} unreadable images, the study in {root.url()} "
+                         f"left out {len(recorded)} ({layout.SKIPPED_FILES}); its sample ids would shift: "
+                         f"restore the data or use a new --root")
 
 
 def recorded_train_ids(root: StudyRoot) -> np.ndarray:

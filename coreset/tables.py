@@ -21,6 +21,8 @@ _META_KIND = b"coreset.table"
 # Required columns (and their arrow types) of every table kind; tables may add columns.
 SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
     "split": {"sample_id": pa.int64(), "label": pa.int64(), "split": pa.string()},
+    # split: 'train' or 'test'; path: relative to the split folder; error: why PIL could not decode it.
+    "skipped_files": {"split": pa.string(), "path": pa.string(), "error": pa.string()},
     "train_log": {
         "epoch": pa.int64(), "lr": pa.float64(), "train_loss": pa.float64(), "train_acc": pa.float64(),
         "val_acc": pa.float64(), "test_acc": pa.float64(), "wall_s": pa.float64(),

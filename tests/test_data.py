@@ -9,6 +9,7 @@ import torch
 
 from coreset.config import DataConfig
 from coreset.data import DataError, load_datasets, probe_ids, train_val_split
+from folders import garble, images, tiny_folder, truncate
 
 
 def _cfg(shared: Path, cache: Path, **kw: object) -> DataConfig:
@@ -85,8 +86,15 @@ def test_sharded_batches_partition_the_epoch(shared_data: Path, cache_dir: Path)
 
 
 def test_missing_and_empty_data_fail_clearly(tmp_path: Path, cache_dir: Path) -> None:
-    with pytest.raises(DataError, match="no mnist data under"):
+    with pytest.raises(DataError, match="data.root .*missing does not exist"):
         load_datasets(DataConfig(name="mnist", root=str(tmp_path / "missing"), cache_dir=str(cache_dir)))
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match="data.root .*nothing is an empty folder"):
+        load_datasets(DataConfig(name="mnist", root=str(tmp_path / "nothing"), cache_dir=str(cache_dir)))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("not mnist")
+    with pytest.raises(DataError, match="no mnist data under"):
+        load_datasets(DataConfig(name="mnist", root=str(tmp_path / "other"), cache_dir=str(cache_dir)))
     (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "val" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="no images under"):
@@ -101,3 +109,62 @@ def test_class_folders_must_match(tmp_path: Path, cache_dir: Path) -> None:
         Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "0.jpg")
     with pytest.raises(DataError, match="class folders .* differ: dog, eel"):
         load_datasets(DataConfig(name="imagefolder", root=str(tmp_path), cache_dir=str(cache_dir), image_size=8))
+
+
+def _folder_cfg(folder: Path, cache: Path, **kw: object) -> DataConfig:
+    return DataConfig(name="imagefolder", root=str(folder), cache_dir=str(cache), image_size=16, **kw)  # type: ignore[arg-type]
+
+
+def test_corrupt_image_fails_naming_it_also_from_the_cache(shared_data: Path, tmp_path: Path) -> None:
+    folder = tiny_folder(shared_data, tmp_path / "data")
+    bad = images(folder)[5]
+    original = bad.read_bytes()
+    truncate(bad)
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second load hits the decode cache and must fail the same way
+        with pytest.raises(DataError, match=f"cannot decode {bad}: image file is truncated.*data.corrupt=skip"):
+            load_datasets(_folder_cfg(folder, cache))
+    assert len(list((cache / "decoded").glob("*.npy"))) == 1  # the train split, with its unreadable list
+    bad.write_bytes(original)  # repaired: a new cache key, a clean load
+    assert len(load_datasets(_folder_cfg(folder, cache)).train) == 12
+    assert len(list((cache / "decoded").glob("*.npy"))) == 3  # + the repaired train split and the val split
+
+
+def test_skip_leaves_unreadable_images_out_before_ids_are_assigned(shared_data: Path, tmp_path: Path) -> None:
+    folder = tiny_folder(shared_data, tmp_path / "data")
+    clean = tiny_folder(shared_data, tmp_path / "clean")
+    truncate(images(folder)[5])
+    garble(images(folder)[0])
+    garble(images(folder, "val")[3])
+    for name in (images(clean)[5], images(clean)[0], images(clean, "val")[3]):
+        name.unlink()
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="n01443537_0.JPEG: cannot identify image file .*1 more unreadable"):
+        load_datasets(_folder_cfg(folder, cache))
+    first = load_datasets(_folder_cfg(folder, cache, corrupt="skip"))
+    again = load_datasets(_folder_cfg(folder, cache, corrupt="skip"))  # from the decode cache
+    ref = load_datasets(_folder_cfg(clean, cache))  # the same folder without the damaged files
+    for ds in (first, again):
+        assert [p for p, _ in ds.train.skipped] == ["n01443537/n01443537_0.JPEG", "n01629819/n01629819_1.JPEG"]
+        assert [p for p, _ in ds.test.skipped] == ["n01629819/" + images(folder, "val")[3].name]
+        assert "truncated" in ds.train.skipped[1][1]
+        # Ids are the sorted order of the readable files: exactly the ids of the repaired folder.
+        assert ds.train.paths == ref.train.paths and torch.equal(ds.train.labels, ref.train.labels)
+        assert torch.equal(ds.train.images, ref.train.images) and torch.equal(ds.test.images, ref.test.images)
+
+
+def test_file_backed_sets_check_headers_then_fail_on_decode(shared_data: Path, tmp_path: Path) -> None:
+    folder = tiny_folder(shared_data, tmp_path / "data")
+    garble(images(folder)[2])
+    cache = tmp_path / "cache"
+    lazy = {"max_decoded_gb": 0.0, "loader_workers": 1}
+    with pytest.raises(DataError, match="n01443537_10.JPEG: cannot identify image file"):
+        load_datasets(_folder_cfg(folder, cache, **lazy))
+    ds = load_datasets(_folder_cfg(folder, cache, corrupt="skip", **lazy))
+    assert not ds.train.in_memory and len(ds.train) == 11 and len(list((cache / "checked").glob("*.json"))) == 2
+    truncate(images(folder)[6])  # the header still parses: found only when a loader worker decodes it
+    ds = load_datasets(_folder_cfg(folder, cache, corrupt="skip", **lazy))
+    assert len(ds.train) == 11 and len(list((cache / "checked").glob("*.json"))) == 3  # a changed file: checked again
+    with pytest.raises(DataError, match="cannot decode .*n01629819_10.JPEG: image file is truncated.*use a new --root"):
+        for _ in ds.batches("train", None, 4):
+            pass

@@ -19,7 +19,7 @@ from ray.cluster_utils import Cluster
 
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
-from coreset.cluster.retrain import run_retrain
+from coreset.cluster.retrain import run_retrain, tune_experiment_dir
 from coreset.cluster.score import run_score
 from coreset.retraining import trial_grid
 from coreset.source import train_source
@@ -171,7 +171,7 @@ def scored_root(source_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.slow
 def test_lost_worker_node_during_retraining_every_trial_finishes(scored_root: Path, tmp_path: Path) -> None:
     root = _copy(scored_root, tmp_path / "study")
-    cfg = _retrain_cfg("retrain.fractions=[0.2]")
+    cfg = _retrain_cfg("retrain.fractions=[0.2]", f"data.cache_dir={tmp_path / 'cache'}")
     rows = tmp_path / "study" / layout.RETRAIN
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
@@ -201,14 +201,14 @@ def test_lost_worker_node_during_retraining_every_trial_finishes(scored_root: Pa
     accuracy = outcome["accuracy"]
     grid = trial_grid(cfg)
     assert len(accuracy) == len(grid) and not accuracy.duplicated(["method", "fraction", "seed"]).any()
-    failures = tune_trial_failures(next((rows / "tune").iterdir()))
+    failures = tune_trial_failures(tune_experiment_dir(cfg, root, grid))
     assert sum(failures.values()) >= 1  # the trial on the removed node failed, and was run again
     print(f"node removed after {finished_before} of {len(grid)} trials; failed and retried: {sum(failures.values())}")
 
 
 @pytest.mark.slow
 def test_interrupted_tune_run_is_restored_and_runs_only_unfinished_trials(scored_root: Path, tmp_path: Path) -> None:
-    cfg = _retrain_cfg("retrain.steps=500")
+    cfg = _retrain_cfg("retrain.steps=500", f"data.cache_dir={tmp_path / 'cache'}")
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     _copy(scored_root, tmp_path / "study")
@@ -233,4 +233,5 @@ def test_interrupted_tune_run_is_restored_and_runs_only_unfinished_trials(scored
     assert len(after) == len(grid)
     assert all(after[p] == t for p, t in finished.items())  # finished trials were not run again
     assert "restoring the interrupted Tune run" in again.stderr
+    assert not list((tmp_path / "study").rglob("*.pkl"))  # Tune's pickles stay out of the study root
     print(f"interrupted after {len(finished)} of {len(grid)} trials; second run trained {len(after) - len(finished)}")

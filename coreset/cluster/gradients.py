@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
-from ray.util import ActorPool
 
 from coreset import layout
 from coreset.cluster.runtime import gpus_available
@@ -85,10 +84,7 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
     if todo or need_bound:
         pool_actors = _start_workers(cfg, root, resources, max(1, len(todo)))
-        progress = Progress("gradient shards", len(todo), every_s=10)
-        for epoch, shard, seconds in ActorPool(pool_actors).map_unordered(lambda a, t: a.run.remote(t), todo):
-            progress.step()
-            log.debug("epoch %d shard %d: %.1fs", epoch, shard, seconds)
+        _run_shards(pool_actors, todo, Progress("gradient shards", len(todo), every_s=10))
         if need_bound:
             rows = ray.get(pool_actors[0].bound.remote(train_ids, final))
             write_table(root, layout.BATCH_BOUND, pd.DataFrame(rows), "batch_bound")
@@ -96,6 +92,31 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
             ray.kill(a)
     return GradientsSummary(len(tasks), len(todo), len(tasks) - len(todo), len(train_ids),
                             sorted({t.epoch for t in tasks}), final, time.perf_counter() - start)
+
+
+def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> None:
+    """Each actor computes one shard at a time. After a failure no new shard starts; the ones
+    in flight finish (their files are kept) and are fetched, so that Ray reports no second,
+    unhandled error, and the first error is raised."""
+    idle, pending, running = list(actors), list(todo), {}
+    error: BaseException | None = None
+    while running or (pending and error is None):
+        while idle and pending and error is None:
+            actor = idle.pop()
+            running[actor.run.remote(pending.pop(0))] = actor
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        idle.append(running.pop(ref))
+        try:
+            epoch, shard, seconds = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - re-raised once the shards in flight are done
+            error = error or e
+            continue
+        progress.step()
+        log.debug("epoch %d shard %d: %.1fs", epoch, shard, seconds)
+    if error is not None:
+        for a in actors:
+            ray.kill(a)
+        raise error
 
 
 def _start_workers(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], max_needed: int) -> list:

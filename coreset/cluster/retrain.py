@@ -3,14 +3,17 @@
 Each trial writes its accuracy row to the study root when it finishes, so the root, not
 Tune's state, says what is done: a re-run starts only trials without a row, and an
 interrupted Tune run is continued with ``Tuner.restore`` (finished trials are not run
-again). Trials ask for ``cpus_per_trial`` CPUs and, on GPU clusters, a fraction of a GPU
+again). Tune's own experiment state holds pickles, and nothing is ever unpickled from a
+study root, so it lives beside the driver (:func:`tune_experiment_dir`), not in the root:
+losing it (a new head node) costs only the restore, never a finished trial. Trials ask for ``cpus_per_trial`` CPUs and, on GPU clusters, a fraction of a GPU
 so that small-subset trials share one. Failed trials are retried (``FailureConfig``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,9 +21,10 @@ import torch
 from ray import tune
 
 from coreset import layout
-from coreset.cluster.runtime import StageError, gpus_available
+from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
+from coreset.data.sources import cache_dir
 from coreset.retraining import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
 from coreset.source import recorded_train_ids
 from coreset.storage import StudyRoot
@@ -29,8 +33,20 @@ from coreset.tables import read_table, write_table
 log = logging.getLogger("coreset")
 
 
+_USER_ERROR = "user_error"
+
+
 def _trainable(config: dict[str, Any]) -> None:
-    """One Tune trial: train on the trial's subset, report every evaluation, write the row."""
+    """One Tune trial; a user error (full or read-only root, bad data) is reported, not raised:
+    Tune would retry it and log its traceback, and the driver turns it into one line."""
+    try:
+        _run_trial(config)
+    except USER_ERRORS as e:
+        tune.report({"epoch": 0, _USER_ERROR: str(e)})
+
+
+def _run_trial(config: dict[str, Any]) -> None:
+    """Train on the trial's subset, report every evaluation, write the row."""
     cfg = config_from_dict(config["study"])
     root = StudyRoot(config["root"])
     trial = Trial(**config["trial"])
@@ -53,11 +69,18 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     settings = settings_key(cfg)
     pending = [t for t in grid if not root.exists(layout.trial_row(settings, t.key))]
     log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
-    errored = _tune(cfg, root, resources, grid, pending) if pending else 0
+    errored = 0
+    if pending:
+        results = _tune(cfg, root, resources, grid, pending)
+        errors = [r.metrics[_USER_ERROR] for r in results if r.metrics and r.metrics.get(_USER_ERROR)]
+        if errors:
+            raise StageError(errors[0])
+        errored = results.num_errors
     rows = [read_table(root, layout.trial_row(settings, t.key), "accuracy") for t in grid if root.exists(layout.trial_row(settings, t.key))]
     missing = len(grid) - len(rows)
     if missing and errored:
-        raise StageError(f"{errored} retraining trials failed after retries; see the Tune logs under {root.url(layout.RETRAIN)}")
+        raise StageError(f"{errored} retraining trials failed after retries; see the Tune logs under "
+                         f"{tune_experiment_dir(cfg, root, grid)}")
     if missing:
         raise StageError(f"retraining was interrupted with {len(rows)} of {len(grid)} trials finished; "
                          f"run the same command again to continue")
@@ -67,25 +90,31 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     return accuracy
 
 
-def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial], pending: list[Trial]) -> int:
-    """Run (or restore) the Tune experiment of ``pending``; returns how many trials errored."""
+def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:
+    """Where Tune keeps this study's experiment state: the driver's cache, one folder per
+    study root and trial settings."""
+    study = hashlib.sha256(root.uri.encode()).hexdigest()[:12]
+    return cache_dir(cfg.data) / "tune" / study / f"{grid_name(grid)}-{settings_key(cfg)}"
+
+
+def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial],
+          pending: list[Trial]) -> tune.ResultGrid:
+    """Run (or restore) the Tune experiment of ``pending``."""
     r = cfg.retrain
     gpus = gpus_available(resources)
     per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
     trainable = tune.with_resources(_trainable, per_trial)
-    storage = os.path.join(root.uri, layout.RETRAIN, "tune") if root.local else f"{root.uri}/{layout.RETRAIN}/tune"
-    name = f"{grid_name(grid)}-{settings_key(cfg)}"
-    path = os.path.join(storage, name) if root.local else f"{storage}/{name}"
-    if tune.Tuner.can_restore(path):
+    path = tune_experiment_dir(cfg, root, grid)
+    if tune.Tuner.can_restore(str(path)):
         log.info("retrain: restoring the interrupted Tune run %s", path)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         common = {"study": cfg.to_dict(), "root": root.uri, "threads": r.cpus_per_trial}
         space = {**common, "trial": tune.grid_search([asdict(t) for t in pending])}
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+            run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=r.max_failures)),
         )
-    return tuner.fit().num_errors
+    return tuner.fit()

@@ -5,6 +5,12 @@ import logging
 import os
 
 import ray
+from ray.exceptions import RayTaskError
+
+from coreset.checkpoints import CheckpointError
+from coreset.data import DataError
+from coreset.storage import StorageError
+from coreset.tables import SchemaError
 
 log = logging.getLogger("coreset")
 
@@ -13,13 +19,36 @@ class StageError(RuntimeError):
     """A stage on the cluster could not finish (e.g. trials failed after their retries)."""
 
 
+# Errors a user can act on (bad data, root, checkpoint, table, setting): one line, no traceback.
+USER_ERRORS = (DataError, CheckpointError, StorageError, SchemaError, StageError, ValueError)
+
+
+def user_error(e: BaseException | None) -> BaseException | None:
+    """The user error behind ``e``, also when Ray wrapped it on its way from a task, an actor
+    or a Ray Train worker; None for anything else (a bug, whose traceback must stay)."""
+    for _ in range(8):
+        if isinstance(e, RayTaskError):  # checked first: it is also an instance of its cause's type
+            e = e.cause
+        elif hasattr(e, "worker_failures"):  # Ray Train's WorkerGroupError: rank -> exception
+            e = next(iter(e.worker_failures.values()), None)  # type: ignore[union-attr]
+        elif hasattr(e, "_base_exc"):  # Ray Train's UserExceptionWithTraceback
+            e = e._base_exc  # type: ignore[union-attr]
+        else:
+            return e if isinstance(e, USER_ERRORS) else None
+    return None
+
+
 def init_ray(address: str | None = None) -> dict[str, float]:
     """Connect to ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``); else start
-    a local Ray on this machine. Returns the cluster's total resources."""
+    a local Ray on this machine. Returns the cluster's total resources.
+
+    Without an address, ``ray.init()`` would join whatever ``ray start`` last launched on
+    this machine (another user's cluster, possibly torn down mid-job); "local" always
+    starts the job's own embedded Ray."""
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         # The package is importable on every node (installed there, or the job's working dir).
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True)
         log.info("ray: %s", "joined cluster " + address if address else "embedded local cluster")
     return dict(ray.cluster_resources())
 

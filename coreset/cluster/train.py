@@ -13,8 +13,9 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from ray.util.queue import Queue
 
-from coreset.cluster.runtime import StageError, gpus_available
+from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.source import SourceResult, read_source_result, train_source
 from coreset.storage import StudyRoot
@@ -33,8 +34,15 @@ def _train_loop(config: dict[str, Any]) -> None:
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
 
-    train_source(cfg, StudyRoot(config["root"]), rank=rank, world=world, wrap=wrap, device=device,
-                 report=lambda metrics: ray.train.report(metrics))
+    try:
+        train_source(cfg, StudyRoot(config["root"]), rank=rank, world=world, wrap=wrap, device=device,
+                     report=lambda metrics: ray.train.report(metrics))
+    except USER_ERRORS as e:
+        if world > 1:
+            raise  # the other ranks wait in a collective: only Ray Train can stop them
+        # A mistake no retry can fix (bad data, full or read-only root, foreign checkpoint):
+        # raised, Ray Train would retry it and log its traceback; the driver raises it as one line.
+        config["errors"].put(str(e))
 
 
 def run_source_training(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> SourceResult:
@@ -46,14 +54,21 @@ def run_source_training(cfg: StudyConfig, root: StudyRoot, resources: dict[str, 
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu == "yes" or (cfg.train.use_gpu == "auto" and gpus_available(resources) >= workers)
     cpus = cfg.train.cpus_per_worker or max(1, int(resources.get("CPU", 1)) // workers)
+    errors = Queue(actor_options={"num_cpus": 0})
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,
-        train_loop_config={"study": cfg.to_dict(), "root": root.uri, "threads": cpus, "use_gpu": use_gpu},
+        train_loop_config={"study": cfg.to_dict(), "root": root.uri, "threads": cpus, "use_gpu": use_gpu,
+                           "errors": errors},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         run_config=ray.train.RunConfig(name=f"{cfg.name}-source", storage_path=_storage_path(root),
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+        if not errors.empty():
+            raise StageError(errors.get_nowait())
+    finally:
+        errors.shutdown()
     result = read_source_result(root)
     if result is None:
         raise StageError(f"source training ended without writing {root.url('source/done.json')}")

@@ -3,7 +3,8 @@
 One class serves training (shuffled, augmented, sharded across data-parallel ranks),
 evaluation and the gradient stage (ordered, no augmentation). Decoded datasets are
 sliced directly from memory; file-backed ones go through a torch DataLoader whose
-workers decode JPEGs.
+workers decode JPEGs; a file they cannot decode stops the run with a one-line
+:class:`DataError` naming it (not a worker traceback).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from coreset.data.imageset import ImageSet, resize_center_crop
+from coreset.data.imageset import DataError, ImageSet, resize_center_crop
 from coreset.data.transforms import BatchTransform
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -73,12 +74,28 @@ class Batches:
         loader = DataLoader(_Decoded(self.dataset, self.transform.size), batch_size=self.batch_size,
                             sampler=order.tolist(), num_workers=self.loader_workers,
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
-        for images, labels, ids in loader:
+        for images, labels, ids, ok in loader:
+            if not bool(ok.all()):
+                raise DataError(f"{self._unreadable(int(ids[~ok][0]))}; file-backed datasets check only image "
+                                f"headers when they load, so data.corrupt=skip cannot leave it out now: repair or "
+                                f"remove the file (removing renumbers sample ids: use a new --root)")
             yield self.transform(images, self.train, g), labels, ids
+
+    def _unreadable(self, index: int) -> str:
+        """Why a loader worker could not decode ``index`` (decoded again here for the reason)."""
+        try:
+            self.dataset.decode(index)
+        except DataError as e:
+            return str(e)
+        return f"cannot decode {self.dataset.files[index]}"  # type: ignore[index]
 
 
 class _Decoded(Dataset):
-    """File-backed images decoded to uint8 squares of ``size`` in loader workers."""
+    """File-backed images decoded to uint8 squares of ``size`` in loader workers.
+
+    An unreadable file gives a blank image and ``ok=False`` instead of an exception, which
+    the DataLoader would re-raise with the worker's traceback folded into its message.
+    """
 
     def __init__(self, dataset: ImageSet, size: int) -> None:
         self.dataset, self.size = dataset, size
@@ -86,8 +103,12 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Batch:
-        im = resize_center_crop(self.dataset.decode(index), self.size)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        try:
+            im = resize_center_crop(self.dataset.decode(index), self.size)
+        except DataError:
+            return torch.zeros(self.dataset.channels, self.size, self.size, dtype=torch.uint8), \
+                self.dataset.labels[index], torch.tensor(index), False
         arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
         arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
-        return arr, self.dataset.labels[index], torch.tensor(index)
+        return arr, self.dataset.labels[index], torch.tensor(index), True

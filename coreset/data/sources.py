@@ -5,11 +5,16 @@ only when ``download`` is true), then an ImageFolder tree, then an archive of on
 (extracted once into the cache, never into the repository). The shared data folder of
 this project holds MNIST's official files and JPEG archives of CIFAR-10 and
 Tiny-ImageNet-10, all of which resolve here.
+
+Unreadable images in a folder follow ``data.corrupt`` (see :class:`DataConfig`): ``fail``
+names the file, ``skip`` leaves it out before sample ids are assigned.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tarfile
@@ -20,7 +25,10 @@ import torch
 import torchvision
 
 from coreset.config import DataConfig
-from coreset.data.imageset import ImageSet, decode_files
+from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
+
+__all__ = ["DataError", "cache_dir", "load_splits", "native_size"]
+log = logging.getLogger("coreset")
 
 _TORCHVISION = {
     "mnist": ("MNIST", 1, 28),
@@ -31,10 +39,6 @@ _TORCHVISION = {
 _ARCHIVES = {"cifar10": "cifar10-jpg.tar.gz", "cifar100": "cifar100-jpg.tar.gz"}
 _TEST_DIRS = ("test", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-class DataError(RuntimeError):
-    """The dataset is missing, empty or inconsistent."""
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -57,6 +61,10 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
 
         return synthetic_splits(cfg.synthetic_size, cfg.synthetic_classes, native_size(cfg))
     root = Path(os.path.expanduser(cfg.root))
+    if not root.exists() and not cfg.download:
+        raise DataError(f"data.root {root} does not exist; set data.root to the folder that holds {cfg.name}")
+    if root.is_dir() and not any(root.iterdir()) and not cfg.download:
+        raise DataError(f"data.root {root} is an empty folder; set data.root to the folder that holds {cfg.name}")
     if cfg.name in _TORCHVISION:
         found = _torchvision_splits(cfg, root)
         if found is not None:
@@ -162,6 +170,9 @@ def _list_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
                 labels.append(i)
     if not files:
         raise DataError(f"no images under {split_dir}")
+    empty = [c for i, c in enumerate(classes) if i not in set(labels)]
+    if empty:
+        raise DataError(f"class folder {split_dir / empty[0]} holds no images ({len(empty)} empty class folders)")
     return classes, files, labels
 
 
@@ -177,28 +188,88 @@ def _folder_splits(cfg: DataConfig, folder: Path, channels: int) -> tuple[ImageS
     decoded = est_gb <= cfg.max_decoded_gb
     sets = []
     for split_dir, files, labels in ((folder / "train", train_files, train_labels), (test_dir, test_files, test_labels)):
-        paths = [str(f.relative_to(split_dir)) for f in files]
-        lab = torch.tensor(labels)
         if decoded:
-            images = _decoded_cached(files, channels, size, cache_dir(cfg))
-            sets.append(ImageSet(lab, train_classes, channels, images=images, paths=paths))
+            images, bad = _decoded_cached(files, channels, size, cache_dir(cfg))
         else:
-            sets.append(ImageSet(lab, train_classes, channels, files=files, paths=paths))
+            bad = _checked_headers(files, cache_dir(cfg))
+        files, labels, skipped = _apply_corrupt_policy(cfg, split_dir, files, labels, bad)
+        paths = [str(f.relative_to(split_dir)) for f in files]
+        lab = torch.tensor(labels, dtype=torch.int64)
+        if decoded:
+            sets.append(ImageSet(lab, train_classes, channels, images=images, paths=paths, skipped=skipped))
+        else:
+            sets.append(ImageSet(lab, train_classes, channels, files=files, paths=paths, skipped=skipped))
     return sets[0], sets[1]
 
 
-def _decoded_cached(files: list[Path], channels: int, size: int, cache: Path) -> torch.Tensor:
-    """Decode once per machine: the uint8 array is kept as ``.npy`` in the cache (no pickle)."""
+def _apply_corrupt_policy(cfg: DataConfig, split_dir: Path, files: list[Path], labels: list[int],
+                          bad: list[tuple[int, str]]) -> tuple[list[Path], list[int], list[tuple[str, str]]]:
+    """``fail``: one line naming the first unreadable file. ``skip``: drop the unreadable files
+    before sample ids are assigned, so ids stay the sorted order of the readable ones."""
+    if not bad:
+        return files, labels, []
+    if cfg.corrupt == "fail":
+        i, why = bad[0]
+        more = f" ({len(bad) - 1} more unreadable under {split_dir})" if len(bad) > 1 else ""
+        raise DataError(f"cannot decode {files[i]}: {why}{more}; repair or remove it, "
+                        f"or set data.corrupt=skip to leave unreadable images out")
+    drop = {i for i, _ in bad}
+    skipped = [(str(files[i].relative_to(split_dir)), why) for i, why in bad]
+    log.warning("%s: left out %d unreadable image(s) (data.corrupt=skip), first %s", split_dir, len(bad), skipped[0][0])
+    keep = [i for i in range(len(files)) if i not in drop]
+    return [files[i] for i in keep], [labels[i] for i in keep], skipped
+
+
+def _fingerprint(files: list[Path], *extra: object) -> str:
+    """Changes when a file is added, removed, renamed, rewritten or touched (one stat a file)."""
     h = hashlib.sha256()
-    for f in (files[0], files[-1]):
-        h.update(str(f.resolve()).encode())
-    h.update(f"{len(files)}:{channels}:{size}".encode())
-    path = cache / "decoded" / f"{h.hexdigest()[:20]}.npy"
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(":".join(map(str, extra)).encode())
+    return h.hexdigest()[:20]
+
+
+def _decoded_cached(files: list[Path], channels: int, size: int, cache: Path) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """Decode once per machine: the uint8 array of the readable images is kept as ``.npy`` in
+    the cache (no pickle), the unreadable ones' ``(index, reason)`` beside it, so a cache hit
+    applies the corrupt-image policy exactly as a fresh decode does."""
+    path = cache / "decoded" / f"{_fingerprint(files, channels, size)}.npy"
+    bad_path = path.with_suffix(".unreadable.json")
     if path.is_file():
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-    images = decode_files(files, channels, size)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        bad = json.loads(bad_path.read_text()) if bad_path.is_file() else []
+        return torch.from_numpy(np.load(path, allow_pickle=False)), [(int(i), str(r)) for i, r in bad]
+    images, bad = decode_files(files, channels, size)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, images.numpy(), allow_pickle=False)
-    tmp.replace(path)
-    return images
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(bad_path, json.dumps(bad).encode())  # before the .npy, whose presence means "cached"
+        np.save(tmp, images.numpy(), allow_pickle=False)
+        tmp.replace(path)
+    except OSError as e:  # the cache only saves time (a full cache disk must not stop the job)
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot cache decoded images in %s: %s", path.parent, e)
+    return images, bad
+
+
+def _checked_headers(files: list[Path], cache: Path) -> list[tuple[int, str]]:
+    """Unreadable headers of a file-backed set, checked once per machine and file listing."""
+    path = cache / "checked" / f"{_fingerprint(files, 'headers')}.json"
+    if path.is_file():
+        return [(int(i), str(r)) for i, r in json.loads(path.read_text())]
+    bad = unreadable_headers(files)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(bad).encode())
+    except OSError as e:
+        log.warning("cannot cache the header check in %s: %s", path.parent, e)
+    return bad
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
