@@ -9,7 +9,6 @@ so that small-subset trials share one. Failed trials are retried (``FailureConfi
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict
 from typing import Any
 
@@ -70,9 +69,9 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
     gpus = gpus_available(resources)
     per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
     trainable = tune.with_resources(_trainable, per_trial)
-    storage = os.path.join(root.uri, layout.RETRAIN, "tune") if root.local else f"{root.uri}/{layout.RETRAIN}/tune"
+    storage = root.url(f"{layout.RETRAIN}/tune")
     name = f"{grid_name(grid)}-{settings_key(cfg)}"
-    path = os.path.join(storage, name) if root.local else f"{storage}/{name}"
+    path = root.url(f"{layout.RETRAIN}/tune/{name}")
     if tune.Tuner.can_restore(path):
         log.info("retrain: restoring the interrupted Tune run %s", path)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
