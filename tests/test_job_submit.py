@@ -148,3 +148,12 @@ def test_smoke_study_as_a_submitted_job(ray_head: LocalHead, tmp_path: Path) -> 
     assert gradients.groupby(["sample_id", "epoch"]).size().eq(1).all()
     assert set(gradients.sample_id) == set(split.sample_id[split.split == "train"])
     assert (root / "config.yaml").is_file() and (root / "source" / "checkpoints" / "epoch=0001.pt").is_file()
+
+    # The scale step of the README: on a cluster without GPUs, asking for none returns at once.
+    scale = subprocess.run(
+        ["ray", "job", "submit", "--address", ray_head.address, "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--log-style", "record", "--",
+         "python", "jobs/scale.py", "--gpus", "0", "--wait-s", "30"],
+        capture_output=True, text=True, env=ray_head.env, timeout=120, cwd=tmp_path)
+    assert scale.returncode == 0 and "scale: 0 GPUs requested, 0 in the cluster" in scale.stdout + scale.stderr, \
+        (scale.stdout + scale.stderr)[-3000:]
