@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
@@ -18,25 +19,43 @@ class StorageError(RuntimeError):
 
 
 class StudyRoot:
-    """Relative paths (``"source/train_log.parquet"``) resolved against one root URI."""
+    """Relative paths (``"source/train_log.parquet"``) resolved against one root URI.
+
+    Cloud credentials come from the environment or the instance role, never from the URI
+    (it is logged and handed to every Ray worker): a URI with ``user:secret@`` is refused.
+    Options pyarrow reads from the query string (``?region=...&endpoint_override=...``)
+    are kept and re-attached after every joined path.
+    """
 
     def __init__(self, uri: str) -> None:
         self.local = "://" not in uri
         if self.local:
             uri = str(Path(os.path.expanduser(uri)).resolve())
+            self._query = ""
+        else:
+            parts = urlsplit(uri)
+            if "@" in parts.netloc:
+                raise StorageError(f"study root {parts.scheme}://...@{parts.netloc.rsplit('@', 1)[1]}{parts.path} carries "
+                                   "credentials; give them through the environment or an instance role instead")
+            uri, _, self._query = uri.partition("?")
         try:
-            self.fs, self.base = pafs.FileSystem.from_uri(uri if not self.local else Path(uri).as_uri())
+            self.fs, self.base = pafs.FileSystem.from_uri(self._with_query(uri) if not self.local else Path(uri).as_uri())
         except (ValueError, OSError) as e:
-            raise StorageError(f"cannot open study root {uri}: {e}") from None
-        self.uri = uri.rstrip("/")
+            raise StorageError(f"cannot open study root {self._with_query(uri)}: {e}") from None
+        self._base_uri = uri.rstrip("/")
+        self.uri = self.url()
+
+    def _with_query(self, location: str) -> str:
+        return f"{location}?{self._query}" if self._query else location
 
     def path(self, rel: str) -> str:
         """Filesystem path of ``rel`` (for pyarrow calls)."""
         return f"{self.base.rstrip('/')}/{rel}" if rel else self.base
 
     def url(self, rel: str = "") -> str:
-        """A URI of ``rel`` that pandas and pyarrow readers accept."""
-        return f"{self.uri}/{rel}" if rel else self.uri
+        """A URI of ``rel`` that pandas, pyarrow and Ray (``storage_path``) accept; the root's
+        query options, if any, follow the joined path."""
+        return self._with_query(f"{self._base_uri}/{rel}" if rel else self._base_uri)
 
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound

@@ -33,3 +33,34 @@ def shared_data() -> Path:
 def cache_dir() -> Path:
     """The user's extraction/decode cache: archives are extracted and decoded once per machine."""
     return Path(os.environ.get("CORESET_CACHE", "~/.cache/coreset")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory):
+    """moto's S3 server on a free loopback port for the whole session (see tests/s3.py)."""
+    from s3 import moto_version_problem, start_moto, stop_moto
+
+    problem = moto_version_problem()
+    if problem:
+        pytest.fail(problem)
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    stop_moto(server)
+
+
+@pytest.fixture
+def s3_env(moto_s3, monkeypatch: pytest.MonkeyPatch):
+    """This process (and every subprocess and local Ray worker it starts) uses the moto server
+    as S3, with test credentials from the environment only."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in moto_s3.env().items():
+        monkeypatch.setenv(var, value)
+    return moto_s3
+
+
+@pytest.fixture
+def s3_bucket(s3_env) -> str:
+    """A fresh, empty bucket on the moto server."""
+    return s3_env.new_bucket()

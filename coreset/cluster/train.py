@@ -6,7 +6,6 @@ the cluster.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import ray
@@ -76,4 +75,4 @@ def run_source_training(cfg: StudyConfig, root: StudyRoot, resources: dict[str, 
 
 
 def _storage_path(root: StudyRoot) -> str:
-    return os.path.join(root.uri, "source", "ray_train") if root.local else f"{root.uri}/source/ray_train"
+    return root.url("source/ray_train")
