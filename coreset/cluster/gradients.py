@@ -38,6 +38,7 @@ class GradientsSummary:
     epochs: list[int]
     final_epoch: int
     wall_s: float
+    compute_s: float = 0.0  # summed over shards, in the actors: wall_s minus this is start-up and waiting
 
 
 class GradientWorker:
@@ -82,24 +83,26 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     todo = [t for t in tasks if not root.exists(t.path)]
     log.info("gradients: %d shards, %d already done, %d to compute", len(tasks), len(tasks) - len(todo), len(todo))
     need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
+    compute_s = 0.0
     if todo or need_bound:
         pool_actors = _start_workers(cfg, root, resources, max(1, len(todo)))
-        _run_shards(pool_actors, todo, Progress("gradient shards", len(todo), every_s=10))
+        compute_s = _run_shards(pool_actors, todo, Progress("gradient shards", len(todo), every_s=10))
         if need_bound:
             rows = ray.get(pool_actors[0].bound.remote(train_ids, final))
             write_table(root, layout.BATCH_BOUND, pd.DataFrame(rows), "batch_bound")
         for a in pool_actors:
             ray.kill(a)
     return GradientsSummary(len(tasks), len(todo), len(tasks) - len(todo), len(train_ids),
-                            sorted({t.epoch for t in tasks}), final, time.perf_counter() - start)
+                            sorted({t.epoch for t in tasks}), final, time.perf_counter() - start, compute_s)
 
 
-def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> None:
+def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> float:
     """Each actor computes one shard at a time. After a failure no new shard starts; the ones
     in flight finish (their files are kept) and are fetched, so that Ray reports no second,
-    unhandled error, and the first error is raised."""
+    unhandled error, and the first error is raised. Returns the shards' summed compute time."""
     idle, pending, running = list(actors), list(todo), {}
     error: BaseException | None = None
+    compute_s = 0.0
     while running or (pending and error is None):
         while idle and pending and error is None:
             actor = idle.pop()
@@ -112,11 +115,13 @@ def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> None
             error = error or e
             continue
         progress.step()
+        compute_s += seconds
         log.debug("epoch %d shard %d: %.1fs", epoch, shard, seconds)
     if error is not None:
         for a in actors:
             ray.kill(a)
         raise error
+    return compute_s
 
 
 def _start_workers(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], max_needed: int) -> list:
