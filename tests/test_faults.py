@@ -6,8 +6,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,25 +68,15 @@ def test_killed_gradient_actor_is_replaced_and_no_row_is_lost_or_doubled(source_
     shards = tmp_path / "study" / layout.GRADIENTS
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        outcome: dict[str, object] = {}
-
-        def stage() -> None:
-            try:
-                outcome["summary"] = run_gradients(cfg, root, dict(ray.cluster_resources()))
-            except BaseException as e:  # surfaced by the assertion below
-                outcome["error"] = e
-
-        driver = threading.Thread(target=stage)
-        driver.start()
-        wait_for(lambda: len(parquet_files(shards)) >= 2, 120, "the first gradient shards")
-        done_at_kill = len(parquet_files(shards))
-        killed = kill_one("GradientWorker")
-        driver.join(timeout=300)
+        with ThreadPoolExecutor(1) as driver:
+            stage = driver.submit(run_gradients, cfg, root, dict(ray.cluster_resources()))
+            wait_for(lambda: len(parquet_files(shards)) >= 2, 120, "the first gradient shards")
+            done_at_kill = len(parquet_files(shards))
+            killed = kill_one("GradientWorker")
+            summary = stage.result(timeout=300)
         print(f"killed actor pid {killed} after {done_at_kill} shards")
-        assert not driver.is_alive() and "error" not in outcome, outcome.get("error")
     finally:
         ray.shutdown()
-    summary = outcome["summary"]
     assert summary.shards_computed == summary.shards_total and done_at_kill < summary.shards_total
     _one_row_per_sample_and_epoch(root, [1, 2])
 
@@ -178,27 +168,17 @@ def test_lost_worker_node_during_retraining_every_trial_finishes(scored_root: Pa
     try:
         ray.init(address=cluster.address, logging_level="WARNING")
         cluster.wait_for_nodes()
-        outcome: dict[str, object] = {}
-
-        def stage() -> None:
-            try:
-                outcome["accuracy"] = run_retrain(cfg, root, dict(ray.cluster_resources()))
-            except BaseException as e:  # surfaced by the assertion below
-                outcome["error"] = e
-
-        driver = threading.Thread(target=stage)
-        driver.start()
-        raylet = worker.all_processes["raylet"][0].process.pid
-        wait_for(lambda: bool(worker_processes_of(raylet, "ray::ImplicitFunc")), 300, "a trial on the worker node")
-        time.sleep(2)  # well inside the trial's training
-        finished_before = len(parquet_files(rows))
-        cluster.remove_node(worker)
-        driver.join(timeout=400)
-        assert not driver.is_alive() and "error" not in outcome, outcome.get("error")
+        with ThreadPoolExecutor(1) as driver:
+            stage = driver.submit(run_retrain, cfg, root, dict(ray.cluster_resources()))
+            raylet = worker.all_processes["raylet"][0].process.pid
+            wait_for(lambda: bool(worker_processes_of(raylet, "ray::ImplicitFunc")), 300, "a trial on the worker node")
+            time.sleep(2)  # well inside the trial's training
+            finished_before = len(parquet_files(rows))
+            cluster.remove_node(worker)
+            accuracy = stage.result(timeout=400)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    accuracy = outcome["accuracy"]
     grid = trial_grid(cfg)
     assert len(accuracy) == len(grid) and not accuracy.duplicated(["method", "fraction", "seed"]).any()
     failures = tune_trial_failures(tune_experiment_dir(cfg, root, grid))
