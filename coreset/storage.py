@@ -101,6 +101,19 @@ class StudyRoot:
         sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
         return sorted(info.base_name for info in self.fs.get_file_info(sel) if not info.base_name.startswith("."))
 
+    def remove_partial_writes(self, rel: str) -> int:
+        """Delete the temporary files that writers killed mid-write (a lost node, SIGKILL) left
+        under ``rel``; returns how many. Call it only when no writer of ``rel`` is running.
+        Object stores never publish a partial upload, so there is nothing to do there."""
+        if not self.local:
+            return 0
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=True)
+        partial = [i.path for i in self.fs.get_file_info(sel)
+                   if i.type == pafs.FileType.File and i.base_name.startswith(".") and ".tmp-" in i.base_name]
+        for path in partial:
+            self.fs.delete_file(path)
+        return len(partial)
+
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))
         if info.type == pafs.FileType.Directory:

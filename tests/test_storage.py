@@ -45,6 +45,16 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
     assert root.list("") == ["d"] and root.read_bytes("d/keep.bin") == b"old"
 
 
+def test_partial_writes_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    root = StudyRoot(str(tmp_path))
+    root.write_bytes("gradients/epoch_0001/shard_00000.parquet", b"whole")
+    (tmp_path / "gradients/epoch_0001/.shard_00001.parquet.tmp-0123abcd").write_bytes(b"half")  # as a SIGKILL leaves it
+    (tmp_path / "gradients/.hidden").write_bytes(b"not ours")
+    assert root.remove_partial_writes("gradients") == 1
+    assert sorted(p.name for p in (tmp_path / "gradients").rglob("*") if p.is_file()) == [".hidden", "shard_00000.parquet"]
+    assert root.remove_partial_writes("gradients") == 0 and root.remove_partial_writes("absent") == 0
+
+
 def test_unwritable_root_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     root = StudyRoot(str(tmp_path / "file" / "study"))

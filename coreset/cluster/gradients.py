@@ -81,6 +81,8 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     tasks = plan(train_ids, final, gcfg.factor_epochs, gcfg.shard_size, source.epochs_run)
     check_manifest(root, manifest(gcfg, tasks, len(train_ids)))
     todo = [t for t in tasks if not root.exists(t.path)]
+    if root.remove_partial_writes(layout.GRADIENTS):  # no actor of this stage runs yet
+        log.info("gradients: removed partial files of an interrupted run")
     log.info("gradients: %d shards, %d already done, %d to compute", len(tasks), len(tasks) - len(todo), len(todo))
     need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
     compute_s = 0.0
