@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
+
+
+# pyarrow's S3 URI options that are credentials (they would be logged and sent to every worker).
+_SECRET_OPTIONS = frozenset({"access_key", "secret_key", "session_token"})
 
 
 class StorageError(RuntimeError):
@@ -38,6 +42,10 @@ class StudyRoot:
                 raise StorageError(f"study root {parts.scheme}://...@{parts.netloc.rsplit('@', 1)[1]}{parts.path} carries "
                                    "credentials; give them through the environment or an instance role instead")
             uri, _, self._query = uri.partition("?")
+            secret = sorted(_SECRET_OPTIONS & {k.lower() for k, _ in parse_qsl(self._query)})
+            if secret:
+                raise StorageError(f"study root {uri} carries credentials ({', '.join(secret)}); give them through "
+                                   "the environment or an instance role instead")
         try:
             self.fs, self.base = pafs.FileSystem.from_uri(self._with_query(uri) if not self.local else Path(uri).as_uri())
         except (ValueError, OSError) as e:

@@ -67,3 +67,6 @@ def test_credentials_in_the_root_uri_are_refused() -> None:
     with pytest.raises(StorageError, match="carries credentials") as e:
         StudyRoot(f"s3://AKIAEXAMPLE:{SECRET}@bucket/studies/x")
     assert SECRET not in str(e.value) and "AKIAEXAMPLE" not in str(e.value)
+    with pytest.raises(StorageError, match=r"carries credentials \(secret_key\)") as e:
+        StudyRoot(f"s3://bucket/studies/x?region=us-east-1&Secret_Key={SECRET}")
+    assert SECRET not in str(e.value)
