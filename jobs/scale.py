@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
 import ray
 from ray.autoscaler.sdk import request_resources
 
+from coreset.cli import fail
 from coreset.cluster.runtime import gpus_available, init_ray
 
 log = logging.getLogger("coreset")
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     deadline, last_log = time.monotonic() + ns.wait_s, 0.0
     while (have := gpus_available(ray.cluster_resources())) < ns.gpus:
         if time.monotonic() > deadline:
-            print(f"error: {have} of {ns.gpus} GPUs joined within {ns.wait_s:.0f} s; see `ray status`", file=sys.stderr)
-            sys.exit(2)
+            fail(f"{have} of {ns.gpus} GPUs joined within {ns.wait_s:.0f} s; see `ray status`")
         if time.monotonic() - last_log > 30:
             log.info("scale: %d of %d GPUs so far", have, ns.gpus)
             last_log = time.monotonic()

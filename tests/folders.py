@@ -26,10 +26,12 @@ def images(folder: Path, split: str = "train") -> list[Path]:
     return sorted((folder / split).rglob("*.JPEG"))
 
 
-def truncate(path: Path) -> None:
-    """Cut a JPEG in half: its header still parses, decoding fails ('image file is truncated')."""
+def truncate(path: Path) -> bytes:
+    """Cut a JPEG in half: its header still parses, decoding fails ('image file is truncated').
+    Returns the original bytes (to repair it)."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    return data
 
 
 def garble(path: Path) -> None:

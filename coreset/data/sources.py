@@ -26,6 +26,7 @@ import torchvision
 
 from coreset.config import DataConfig
 from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
+from coreset.storage import StorageError, StudyRoot
 
 __all__ = ["DataError", "cache_dir", "load_splits", "native_size"]
 log = logging.getLogger("coreset")
@@ -170,7 +171,8 @@ def _list_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
                 labels.append(i)
     if not files:
         raise DataError(f"no images under {split_dir}")
-    empty = [c for i, c in enumerate(classes) if i not in set(labels)]
+    found = set(labels)
+    empty = [c for i, c in enumerate(classes) if i not in found]
     if empty:
         raise DataError(f"class folder {split_dir / empty[0]} holds no images ({len(empty)} empty class folders)")
     return classes, files, labels
@@ -242,11 +244,10 @@ def _decoded_cached(files: list[Path], channels: int, size: int, cache: Path) ->
     images, bad = decode_files(files, channels, size)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(bad_path, json.dumps(bad).encode())  # before the .npy, whose presence means "cached"
+        _write_cache_file(bad_path, json.dumps(bad).encode())  # before the .npy, whose presence means "cached"
         np.save(tmp, images.numpy(), allow_pickle=False)
         tmp.replace(path)
-    except OSError as e:  # the cache only saves time (a full cache disk must not stop the job)
+    except (OSError, StorageError) as e:  # the cache only saves time (a full cache disk must not stop the job)
         tmp.unlink(missing_ok=True)
         log.warning("cannot cache decoded images in %s: %s", path.parent, e)
     return images, bad
@@ -259,17 +260,12 @@ def _checked_headers(files: list[Path], cache: Path) -> list[tuple[int, str]]:
         return [(int(i), str(r)) for i, r in json.loads(path.read_text())]
     bad = unreadable_headers(files)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(bad).encode())
-    except OSError as e:
+        _write_cache_file(path, json.dumps(bad).encode())
+    except StorageError as e:
         log.warning("cannot cache the header check in %s: %s", path.parent, e)
     return bad
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_cache_file(path: Path, data: bytes) -> None:
+    """Atomic, like every write of a study root (concurrent jobs may fill the same cache)."""
+    StudyRoot(str(path.parent)).write_bytes(path.name, data)
