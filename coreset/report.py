@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from coreset.retraining import summary_table
+from coreset.stages.retrain import summary_table
 
 
 def format_summary(accuracy: pd.DataFrame) -> str:

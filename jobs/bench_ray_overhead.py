@@ -27,8 +27,8 @@ from coreset import layout
 from coreset.cluster.gradients import run_gradients
 from coreset.config import load_config
 from coreset.data import load_datasets
-from coreset.gradient_tables import compute_shard, final_epoch, plan
-from coreset.source import load_source_model, read_source_result, recorded_train_ids
+from coreset.stages.gradients import compute_shard, final_epoch, plan
+from coreset.stages.train import load_source_model, read_source_result, recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
 

@@ -17,7 +17,7 @@ from coreset.cluster.gradients import run_gradients
 from coreset.cluster.job import one_line_errors, start_job
 from coreset.cluster.retrain import run_retrain
 from coreset.cluster.score import run_score
-from coreset.cluster.train import run_source_training
+from coreset.cluster.train import run_train
 from coreset.report import print_summary
 
 log = logging.getLogger("coreset")
@@ -36,7 +36,7 @@ def main() -> None:
         for stage in (s for s in STAGES if s in ns.stages):
             t = time.perf_counter()
             if stage == "train":
-                run_source_training(cfg, root, resources)
+                run_train(cfg, root, resources)
             elif stage == "gradients":
                 run_gradients(cfg, root, resources)
             elif stage == "score":

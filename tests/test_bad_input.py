@@ -31,7 +31,7 @@ from coreset.checkpoints import CheckpointError
 from coreset.cli import absolute_paths, record_config
 from coreset.cluster.runtime import user_error
 from coreset.config import load_config
-from coreset.source import train_source
+from coreset.stages.train import train_source
 from coreset.storage import StorageError, StudyRoot
 from folders import images, tiny_folder, truncate
 
@@ -147,7 +147,7 @@ def test_missing_or_empty_data_is_one_line(case: str, tmp_path: Path) -> None:
         for split in ("train", "val"):
             (data / split / "n01443537").mkdir(parents=True)
     dataset = "mnist" if name == "mnist" else "imagefolder"
-    proc = run_job("train_source.py", tmp_path / "root", f"data.name={dataset}", f"data.root={data}",
+    proc = run_job("train.py", tmp_path / "root", f"data.name={dataset}", f"data.root={data}",
                    f"data.cache_dir={tmp_path / 'cache'}")
     line = one_error_line(proc)
     expected = {"missing": f"data.root {data} does not exist", "empty": f"data.root {data} is an empty folder",
@@ -165,7 +165,7 @@ def test_corrupt_jpeg_fails_naming_the_file(shared_data: Path, tmp_path: Path) -
     folder = tiny_folder(shared_data, tmp_path / "data")
     bad = images(folder)[5]
     truncate(bad)
-    proc = run_job("train_source.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
+    proc = run_job("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
     line = one_error_line(proc)
     assert line.startswith(f"error: cannot decode {bad}: image file is truncated"), line
     assert line.endswith("set data.corrupt=skip to leave unreadable images out")
@@ -179,7 +179,7 @@ def test_corrupt_jpeg_skipped_is_recorded_and_ids_stay_fixed(shared_data: Path, 
     bad = images(folder)[5]
     original = truncate(bad)
     root = tmp_path / "root"
-    proc = run_job("train_source.py", root, *_folder_sets(folder, tmp_path, "data.corrupt=skip"))
+    proc = run_job("train.py", root, *_folder_sets(folder, tmp_path, "data.corrupt=skip"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     skipped = pq.read_table(root / layout.SKIPPED_FILES)
     assert skipped.schema.metadata[b"coreset.schema_version"] == b"1"
@@ -202,7 +202,7 @@ def test_corrupt_jpeg_found_mid_epoch_in_a_file_backed_set(shared_data: Path, tm
     bad = images(folder)[5]
     truncate(bad)  # the header parses: the load-time check passes, a loader worker finds it
     root = tmp_path / "root"
-    proc = run_job("train_source.py", root, *_folder_sets(folder, tmp_path, "data.max_decoded_gb=0", "data.loader_workers=1"))
+    proc = run_job("train.py", root, *_folder_sets(folder, tmp_path, "data.max_decoded_gb=0", "data.loader_workers=1"))
     line = one_error_line(proc)
     assert line.startswith(f"error: cannot decode {bad}: image file is truncated"), line
     assert "repair or remove the file" in line
@@ -213,7 +213,7 @@ def test_train_and_val_class_folders_differ(shared_data: Path, tmp_path: Path) -
     folder = tiny_folder(shared_data, tmp_path / "data")
     only_val = folder / "val" / "n09999999"
     shutil.copytree(folder / "val" / "n01443537", only_val)
-    proc = run_job("train_source.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
+    proc = run_job("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
     line = one_error_line(proc)
     assert line == f"error: class folders of {folder / 'train'} and {folder / 'val'} differ: n09999999", line
     assert not (tmp_path / "root").exists()
@@ -241,7 +241,7 @@ def test_checkpoint_of_another_model_or_dataset(case: str, source_root: Path, sh
         state["meta"]["dataset"] = "cifar10"
         torch.save(state, root / layout.RESUME)
         (root / layout.SOURCE_DONE).unlink()
-        script, rel, expected = "train_source.py", layout.RESUME, "dataset='cifar10', expected 'synthetic'"
+        script, rel, expected = "train.py", layout.RESUME, "dataset='cifar10', expected 'synthetic'"
         new_ok = ("source/ray_train/",)
     before = snapshot(root)
     line = one_error_line(run_job(script, root, *sets))
@@ -279,7 +279,7 @@ def test_unwritable_root(source_root: Path, shared_data: Path, tmp_path: Path) -
 
 def test_root_under_a_regular_file(tmp_path: Path, shared_data: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    proc = run_job("train_source.py", tmp_path / "file" / "study", *SYNTHETIC, f"data.root={shared_data}")
+    proc = run_job("train.py", tmp_path / "file" / "study", *SYNTHETIC, f"data.root={shared_data}")
     line = one_error_line(proc)
     assert line.startswith(f"error: cannot create {tmp_path / 'file' / 'study'}: "), line
     assert (tmp_path / "file").read_text() == "not a directory"

@@ -54,7 +54,7 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_job_exits_with_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/train_source.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
                            "--root", str(tmp_path / "root"), "--set", "train.epochs=0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -21,8 +21,8 @@ from coreset import layout
 from coreset.cluster.gradients import run_gradients
 from coreset.cluster.retrain import run_retrain, tune_experiment_dir
 from coreset.cluster.score import run_score
-from coreset.retraining import trial_grid
-from coreset.source import train_source
+from coreset.stages.retrain import trial_grid
+from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
 from faults import kill_one, kill_session, parquet_files, tune_trial_failures, wait_for, worker_processes_of
 from studies import synthetic_study

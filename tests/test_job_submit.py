@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from coreset.config import load_config
-from coreset.retraining import trial_grid
+from coreset.stages.retrain import trial_grid
 from s3 import free_port
 from studies import SMOKE_SYNTHETIC
 

@@ -14,7 +14,7 @@ import pytest
 from coreset import layout
 from coreset.checkpoints import load_checkpoint
 from coreset.config import load_config
-from coreset.retraining import trial_grid
+from coreset.stages.retrain import trial_grid
 from coreset.storage import StudyRoot
 from s3 import KEY_ID, SECRET
 from studies import SMOKE_SYNTHETIC

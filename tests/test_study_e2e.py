@@ -10,7 +10,7 @@ import pytest
 
 from coreset.config import load_config
 from coreset.methods.budget import global_budget
-from coreset.retraining import trial_grid
+from coreset.stages.retrain import trial_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"

@@ -19,10 +19,10 @@ from coreset import layout
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
-from coreset.gradient_tables import (ShardTask, batch_bound_rows, check_manifest, compute_shard, final_epoch,
+from coreset.stages.gradients import (ShardTask, batch_bound_rows, check_manifest, compute_shard, final_epoch,
                                      manifest, plan)
 from coreset.progress import Progress
-from coreset.source import load_source_model, read_source_result, recorded_train_ids
+from coreset.stages.train import load_source_model, read_source_result, recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
 
@@ -74,7 +74,7 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     start = time.perf_counter()
     source = read_source_result(root)
     if source is None:
-        raise ValueError(f"no finished source training in {root.url()}; run jobs/train_source.py first")
+        raise ValueError(f"no finished source training in {root.url()}; run jobs/train.py first")
     gcfg = cfg.gradients
     train_ids = recorded_train_ids(root)
     final = final_epoch(gcfg, source)

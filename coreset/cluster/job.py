@@ -10,7 +10,7 @@ from coreset.cli import JobArgs, fail, parse_job_args, record_config
 from coreset.cluster.runtime import USER_ERRORS, init_ray, user_error
 from coreset.config import StudyConfig
 from coreset.data import load_datasets
-from coreset.source import check_study_data
+from coreset.stages.train import check_study_data
 from coreset.storage import StudyRoot
 
 T = TypeVar("T")

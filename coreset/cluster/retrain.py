@@ -24,9 +24,9 @@ from coreset import layout
 from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
-from coreset.data.sources import cache_dir
-from coreset.retraining import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
-from coreset.source import recorded_train_ids
+from coreset.data.formats import cache_dir
+from coreset.stages.retrain import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
+from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 

@@ -19,7 +19,7 @@ from coreset import layout
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.progress import Progress
-from coreset.scoring import (build_method, entropy_frame, gradient_manifest, method_settings, read_gradients,
+from coreset.stages.score import (build_method, entropy_frame, gradient_manifest, method_settings, read_gradients,
                              subsets_frame, with_method)
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table

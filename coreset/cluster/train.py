@@ -16,7 +16,7 @@ from ray.util.queue import Queue
 
 from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
 from coreset.config import StudyConfig, config_from_dict
-from coreset.source import SourceResult, read_source_result, train_source
+from coreset.stages.train import SourceResult, read_source_result, train_source
 from coreset.storage import StudyRoot
 
 log = logging.getLogger("coreset")
@@ -44,7 +44,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         config["errors"].put(str(e))
 
 
-def run_source_training(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> SourceResult:
+def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> SourceResult:
     """Train the source model on the cluster (skipped when the root already holds it)."""
     done = read_source_result(root)
     if done is not None:

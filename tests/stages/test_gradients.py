@@ -12,8 +12,8 @@ import torch
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
 from coreset.data import load_datasets
-from coreset.gradient_tables import ShardTask, compute_shard
-from coreset.source import load_source_model, train_source
+from coreset.stages.gradients import ShardTask, compute_shard
+from coreset.stages.train import load_source_model, train_source
 from coreset.storage import StudyRoot
 from studies import synthetic_study
 
@@ -99,5 +99,5 @@ def test_gradients_job_without_source_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, cwd=repo)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == \
-        f"error: no finished source training in {tmp_path}; run jobs/train_source.py first"
+        f"error: no finished source training in {tmp_path}; run jobs/train.py first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

@@ -10,7 +10,7 @@ import torch
 from coreset import layout
 from coreset.checkpoints import load_checkpoint
 from coreset.config import load_config
-from coreset.source import read_source_result, train_source
+from coreset.stages.train import read_source_result, train_source
 from coreset.storage import StudyRoot
 from studies import synthetic_study
 

@@ -20,7 +20,7 @@ from coreset.config import GradientsConfig
 from coreset.data import Datasets
 from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
-from coreset.source import SourceResult
+from coreset.stages.train import SourceResult
 from coreset.storage import StudyRoot
 from coreset.tables import to_arrow
 

@@ -10,7 +10,7 @@ from coreset import layout
 from coreset.cluster.gradients import run_gradients
 from coreset.cluster.score import run_score
 from coreset.methods.budget import class_budgets, global_budget
-from coreset.source import train_source
+from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
 from studies import synthetic_study
 

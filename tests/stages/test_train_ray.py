@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import ray
 
-from coreset.cluster.train import run_source_training
+from coreset.cluster.train import run_train
 from coreset.config import load_config
 from coreset.storage import StudyRoot
 from studies import synthetic_study
@@ -28,14 +28,14 @@ def local_ray():
 def test_two_worker_data_parallel_training(tmp_path: Path, local_ray: dict) -> None:
     cfg = synthetic_study("ddp", "train.epochs=2", "train.probe_size=16", "train.workers=2")
     root = StudyRoot(str(tmp_path))
-    result = run_source_training(cfg, root, local_ray)
+    result = run_train(cfg, root, local_ray)
     log = pd.read_parquet(tmp_path / "source" / "train_log.parquet")
     assert log.epoch.tolist() == [1, 2] and result.epochs_run == 2
     # Each of the 2 ranks saw half of the 461-image train split per epoch.
     assert log.samples_per_s.notna().all()
     assert {"epoch=0000.pt", "epoch=0001.pt", "epoch=0002.pt"} <= set(root.list("source/checkpoints"))
     assert log.test_acc.iloc[-1] > 0.5  # 4 synthetic classes: well above chance
-    again = run_source_training(cfg, root, local_ray)  # finished: no work
+    again = run_train(cfg, root, local_ray)  # finished: no work
     assert again == result
 
 
@@ -43,7 +43,7 @@ def test_two_worker_data_parallel_training(tmp_path: Path, local_ray: dict) -> N
 @pytest.mark.ray
 def test_mnist_job_must_show(tmp_path: Path, shared_data: Path) -> None:
     """The issue's acceptance: the shipped MNIST config reaches 98.5% through the job CLI."""
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/train_source.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
                            "--root", str(tmp_path), "--set", f"data.root={shared_data}"],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
