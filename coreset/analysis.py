@@ -5,7 +5,7 @@ method uses, and evaluate at sizes given as ``ks`` (counts) or ``fractions`` of 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from coreset.methods.base import check_scores, top_k
 from coreset.methods.budget import global_budget
 
 
-def _sizes(n: int, ks: Optional[Sequence[int]], fractions: Optional[Sequence[float]]) -> list[int]:
+def _sizes(n: int, ks: Sequence[int] | None, fractions: Sequence[float] | None) -> list[int]:
     if (ks is None) == (fractions is None):
         raise ValueError("give exactly one of ks or fractions")
     sizes = [global_budget(n, f) for f in fractions] if fractions is not None else [int(k) for k in ks]
@@ -32,7 +32,7 @@ def entropy(labels: np.ndarray, base: float = 2.0) -> float:
 
 
 def label_entropy_curve(
-    scores: pd.DataFrame, ks: Optional[Sequence[int]] = None, fractions: Optional[Sequence[float]] = None, base: float = 2.0
+    scores: pd.DataFrame, ks: Sequence[int] | None = None, fractions: Sequence[float] | None = None, base: float = 2.0
 ) -> pd.DataFrame:
     """Fig. 7: class-label entropy of the top-k against the uniform-labels baseline.
 
@@ -49,7 +49,7 @@ def label_entropy_curve(
 
 
 def topk_overlap_curve(
-    scores_a: pd.DataFrame, scores_b: pd.DataFrame, ks: Optional[Sequence[int]] = None, fractions: Optional[Sequence[float]] = None
+    scores_a: pd.DataFrame, scores_b: pd.DataFrame, ks: Sequence[int] | None = None, fractions: Sequence[float] | None = None
 ) -> pd.DataFrame:
     """Fig. 6: |S_a,k ∩ S_b,k| / k for two models' top-k sets, against the random baseline k/N.
 

@@ -7,15 +7,13 @@ and a checkpoint of another model or dataset is refused with one line.
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from coreset.errors import CheckpointError
 from coreset.storage import StudyRoot
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable or belongs to another model or dataset."""
 
 
 def save_checkpoint(root: StudyRoot, rel: str, state: Mapping[str, Any]) -> None:

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import logging
+import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn
 
 import yaml
 
 from coreset import layout
-from coreset.config import ConfigError, StudyConfig, config_from_dict, load_config
-from coreset.storage import StorageError, StudyRoot
+from coreset.config import StudyConfig, config_from_dict, load_config
+from coreset.errors import ConfigError, UserError
+from coreset.storage import StudyRoot
 
 # Sections whose change makes an existing study root a different study.
 _IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "model.name", "model.pretrained")
@@ -49,14 +51,19 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
     if extend:
         extend(p)
     ns = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         cfg = absolute_paths(load_config(ns.config, ns.overrides))
         root = StudyRoot(ns.root or f"results/{cfg.name}")
         check_study(cfg, root)
-    except (ConfigError, StorageError) as e:
+    except UserError as e:
         fail(str(e))
     return JobArgs(cfg, root, ns.address), ns
+
+
+def configure_logging() -> None:
+    """The log format of every job and of the Ray workers it starts."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def absolute_paths(cfg: StudyConfig) -> StudyConfig:

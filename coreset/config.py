@@ -8,20 +8,29 @@ as YAML scalars.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal
 
-import yaml
+from coreset.config_engine import (
+    allowed,
+    apply_override,
+    at_least,
+    build,
+    check_literals,
+    choice,
+    in_range,
+    read_yaml_mapping,
+    to_plain,
+)
+from coreset.errors import ConfigError
 
+__all__ = ["ConfigError", "DataConfig", "GradientsConfig", "ModelConfig", "RetrainConfig", "ScoreConfig",
+           "StudyConfig", "TrainConfig", "config_from_dict", "load_config"]
 
-class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or an impossible value."""
-
-
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"]
+DATASETS = allowed(DatasetName)
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class DataConfig:
     naming it under either policy (skipping then would renumber the ids mid-study).
     """
 
-    name: str = "mnist"
+    name: DatasetName = "mnist"
     root: str = "../shared/data"
     download: bool = False
     val_fraction: float = 0.1
@@ -58,13 +67,12 @@ class DataConfig:
     synthetic_classes: int = 4
 
     def validate(self) -> None:
-        _choice("data.name", self.name, DATASETS)
-        _range("data.val_fraction", self.val_fraction, 0.0, 0.9, lo_open=False)
-        _at_least("data.image_size", self.image_size, 0)
-        _at_least("data.loader_workers", self.loader_workers, 0)
-        _choice("data.corrupt", self.corrupt, ("fail", "skip"))
-        _at_least("data.synthetic_size", self.synthetic_size, 8)
-        _at_least("data.synthetic_classes", self.synthetic_classes, 2)
+        check_literals(self, "data.")
+        in_range("data.val_fraction", self.val_fraction, 0.0, 0.9, lo_open=False)
+        at_least("data.image_size", self.image_size, 0)
+        at_least("data.loader_workers", self.loader_workers, 0)
+        at_least("data.synthetic_size", self.synthetic_size, 8)
+        at_least("data.synthetic_classes", self.synthetic_classes, 2)
         if self.max_decoded_gb < 0:
             raise ConfigError(f"data.max_decoded_gb must be >= 0, got {self.max_decoded_gb}")
 
@@ -79,7 +87,7 @@ class ModelConfig:
     def validate(self) -> None:
         from coreset.models import MODELS
 
-        _choice("model.name", self.name, tuple(MODELS.names()))
+        choice("model.name", self.name, tuple(MODELS.names()))
 
 
 @dataclass(frozen=True)
@@ -105,25 +113,24 @@ class TrainConfig:
     amp: bool = True  # bfloat16/float16 autocast on CUDA; ignored on CPU
 
     def validate(self) -> None:
-        _at_least("train.epochs", self.epochs, 1)
-        _at_least("train.batch_size", self.batch_size, 1)
-        _at_least("train.eval_batch_size", self.eval_batch_size, 1)
-        _range("train.lr", self.lr, 0.0, 10.0)
-        _range("train.momentum", self.momentum, 0.0, 1.0, lo_open=False, hi_open=True)
+        at_least("train.epochs", self.epochs, 1)
+        at_least("train.batch_size", self.batch_size, 1)
+        at_least("train.eval_batch_size", self.eval_batch_size, 1)
+        check_literals(self, "train.")
+        in_range("train.lr", self.lr, 0.0, 10.0)
+        in_range("train.momentum", self.momentum, 0.0, 1.0, lo_open=False, hi_open=True)
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         if self.schedule == "step" and not self.milestones:
             raise ConfigError("train.milestones must list at least one epoch when train.schedule is 'step'")
         if any(m < 1 or m > self.epochs for m in self.milestones):
             raise ConfigError(f"train.milestones must lie in [1, train.epochs={self.epochs}], got {list(self.milestones)}")
-        _range("train.gamma", self.gamma, 0.0, 1.0, hi_open=False)
-        _range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1, lo_open=False, hi_open=False)
-        _at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
-        _at_least("train.probe_size", self.probe_size, 0)
-        _at_least("train.workers", self.workers, 1)
-        _at_least("train.cpus_per_worker", self.cpus_per_worker, 0)
-        _choice("train.use_gpu", self.use_gpu, ("auto", "yes", "no"))
+        in_range("train.gamma", self.gamma, 0.0, 1.0, hi_open=False)
+        in_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1, lo_open=False, hi_open=False)
+        at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
+        at_least("train.probe_size", self.probe_size, 0)
+        at_least("train.workers", self.workers, 1)
+        at_least("train.cpus_per_worker", self.cpus_per_worker, 0)
 
 
 @dataclass(frozen=True)
@@ -151,67 +158,87 @@ class GradientsConfig:
     bound_batch_size: int = 128
 
     def validate(self) -> None:
-        from coreset.gradients.spec import GROUPS
         from coreset.gradients.last_layer import NORMS
+        from coreset.gradients.spec import GROUPS
 
+        check_literals(self, "gradients.")
         for n in self.norms:
-            _choice("gradients.norms", n, NORMS)
+            choice("gradients.norms", n, NORMS)
         for g in self.groups:
-            _choice("gradients.groups", g, GROUPS)
+            choice("gradients.groups", g, GROUPS)
         if self.final_epoch not in ("best", "last") and not self.final_epoch.isdigit():
             raise ConfigError(f"gradients.final_epoch must be 'best', 'last' or an epoch number, got {self.final_epoch!r}")
         for e in self.factor_epochs:
-            _at_least("gradients.factor_epochs", e, 0)
-        _choice("gradients.factor_dtype", self.factor_dtype, ("float16", "float32"))
+            at_least("gradients.factor_epochs", e, 0)
         for key in ("batch_size", "shard_size", "cpus_per_worker", "chunk_mb", "bound_batch_size"):
-            _at_least(f"gradients.{key}", getattr(self, key), 1)
-        _at_least("gradients.workers", self.workers, 0)
-        _at_least("gradients.bound_batches", self.bound_batches, 0)
+            at_least(f"gradients.{key}", getattr(self, key), 1)
+        at_least("gradients.workers", self.workers, 0)
+        at_least("gradients.bound_batches", self.bound_batches, 0)
 
 
-METHOD_NAMES = ("random", "max_gradient", "nonextreme_max_gradient", "gradient_cdf", "gradsimcore")
+Budget = Literal["default", "global", "class_balanced"]
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     """Scores and subsets: every method x fraction x seed.
 
-    ``norm`` is the gradient column the magnitude methods rank by (the paper: ``l2_last`` for
-    MNIST/CIFAR, ``l2_weights`` for ImageNet), at the trained model. ``budget`` "default"
-    keeps each method's own (class-balanced for GradSimCore, global for the others).
-    GradSimCore uses a fixed ``threshold`` Φ when given, else the per-class quantile rule.
+    ``methods`` name registered selection methods (:data:`coreset.methods.METHODS`).
+    ``norm`` is the gradient column the magnitude methods rank by (the paper: ``l2_last``
+    for MNIST/CIFAR, ``l2_weights`` for ImageNet), at the trained model. ``budget``
+    "default" keeps each method's own (class-balanced for GradSimCore, global for the
+    others). ``params`` holds each method's own parameters, declared by the method
+    (``score.params.gradsimcore.threshold_quantile=0.8``, ``score.params.nonextreme_max_gradient.drop_fraction=0.1``);
+    unset ones keep the method's defaults.
     """
 
-    methods: tuple[str, ...] = METHOD_NAMES
+    methods: tuple[str, ...] = ("random", "max_gradient", "nonextreme_max_gradient", "gradient_cdf", "gradsimcore")
     fractions: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.2)
     seeds: tuple[int, ...] = (0, 1)
     norm: str = "l2_last"
-    budget: Literal["default", "global", "class_balanced"] = "default"
-    drop_fraction: float = 0.05
-    threshold: Optional[float] = None
-    threshold_quantile: float = 0.9
-    backend: Literal["auto", "gram", "faiss", "brute"] = "auto"
+    budget: Budget = "default"
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
+        from coreset.gradients.last_layer import NORMS
+        from coreset.gradients.spec import GROUPS
+        from coreset.methods import METHODS
+
+        check_literals(self, "score.")
         if not self.methods:
-            raise ConfigError(f"score.methods must name at least one method; allowed: {', '.join(METHOD_NAMES)}")
+            raise ConfigError(f"score.methods must name at least one method; allowed: {', '.join(METHODS.names())}")
         for m in self.methods:
-            _choice("score.methods", m, METHOD_NAMES)
+            choice("score.methods", m, METHODS.names())
         if not self.fractions or not self.seeds:
             raise ConfigError("score.fractions and score.seeds must each list at least one value")
         for f in self.fractions:
-            _range("score.fractions", f, 0.0, 1.0)
+            in_range("score.fractions", f, 0.0, 1.0)
         for sd in self.seeds:
-            _at_least("score.seeds", sd, 0)
+            at_least("score.seeds", sd, 0)
         norm, _, group = self.norm.partition("_")
-        if norm not in ("l1", "l2", "linf") or group not in ("last", "weights", "biases", "all"):
-            raise ConfigError(f"score.norm must be <l1|l2|linf>_<last|weights|biases|all>, got {self.norm!r}")
-        _choice("score.budget", self.budget, ("default", "global", "class_balanced"))
-        _range("score.drop_fraction", self.drop_fraction, 0.0, 1.0, lo_open=False, hi_open=True)
-        if self.threshold is not None:
-            _range("score.threshold", self.threshold, -1.0, 1.0, lo_open=False)
-        _range("score.threshold_quantile", self.threshold_quantile, 0.0, 1.0, lo_open=False)
-        _choice("score.backend", self.backend, ("auto", "gram", "faiss", "brute"))
+        if norm not in NORMS or group not in GROUPS:
+            raise ConfigError(f"score.norm must be <{'|'.join(NORMS)}>_<{'|'.join(GROUPS)}>, got {self.norm!r}")
+        for name in self.params:
+            choice("score.params", name, METHODS.names())
+            self.method_params(name)
+
+    def method_params(self, name: str) -> Any:
+        """Method ``name``'s declared parameters: its defaults updated by ``params[name]``, validated."""
+        from coreset.methods import METHODS
+
+        cls = METHODS.get(name).Params
+        prefix = f"score.params.{name}."
+        params = build(cls, self.params.get(name) or {}, prefix=prefix)
+        params.validate(prefix)
+        return params
+
+    @staticmethod
+    def unknown_key_hint(key: str) -> str | None:
+        """Where a method parameter given as a top-level score key belongs."""
+        from coreset.methods import METHODS, params_fields
+
+        owners = [m for m in METHODS.names() if key in params_fields(METHODS.get(m))]
+        return " or ".join(f"did you mean score.params.{m}.{key}?" for m in owners) or None
 
 
 @dataclass(frozen=True)
@@ -242,22 +269,23 @@ class RetrainConfig:
     max_failures: int = 2
 
     def validate(self) -> None:
+        from coreset.methods import METHODS
         from coreset.models import MODELS
 
         for m in self.target_models:
-            _choice("retrain.target_models", m, tuple(MODELS.names()))
+            choice("retrain.target_models", m, tuple(MODELS.names()))
+        check_literals(self, "retrain.")
         for m in self.methods:
-            _choice("retrain.methods", m, METHOD_NAMES)
+            choice("retrain.methods", m, METHODS.names())
         for f in self.fractions:
-            _range("retrain.fractions", f, 0.0, 1.0)
+            in_range("retrain.fractions", f, 0.0, 1.0)
         for sd in self.seeds:
-            _at_least("retrain.seeds", sd, 0)
-        _choice("retrain.policy", self.policy, ("epochs", "steps"))
+            at_least("retrain.seeds", sd, 0)
         for key in ("epochs", "steps", "evaluations", "batch_size", "cpus_per_trial"):
-            _at_least(f"retrain.{key}", getattr(self, key), 1)
-        _range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
-        _at_least("retrain.max_concurrent", self.max_concurrent, 0)
-        _at_least("retrain.max_failures", self.max_failures, 0)
+            at_least(f"retrain.{key}", getattr(self, key), 1)
+        in_range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
+        at_least("retrain.max_concurrent", self.max_concurrent, 0)
+        at_least("retrain.max_failures", self.max_failures, 0)
 
 
 @dataclass(frozen=True)
@@ -276,7 +304,7 @@ class StudyConfig:
     def validate(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty string without '/', got {self.name!r}")
-        _at_least("seed", self.seed, 0)
+        at_least("seed", self.seed, 0)
         for m in self.retrain.methods:
             if m not in self.score.methods:
                 raise ConfigError(f"retrain.methods names {m!r}, which score.methods does not score")
@@ -284,9 +312,20 @@ class StudyConfig:
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
                 sub.validate()
+        self._check_methods_build()
+
+    def _check_methods_build(self) -> None:
+        """Each method refuses a study it cannot score (GradSimCore without early checkpoints)
+        when it is built from the study; build them now, before any work, not stages later."""
+        from coreset.methods import METHODS, Context
+
+        context = Context(final_epoch=0, factor_epochs=self.gradients.factor_epochs, norm=self.score.norm,
+                          seed=self.seed)
+        for name in self.score.methods:
+            METHODS.get(name).from_study(self.score.method_params(name), context)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(self)
 
 
 # --------------------------------------------------------------------------- loading
@@ -294,125 +333,14 @@ class StudyConfig:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> StudyConfig:
     """Load a study YAML (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p} must hold a mapping at top level, got {type(loaded).__name__}")
-        raw = loaded
+    raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return config_from_dict(raw)
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> StudyConfig:
     """Build and validate a :class:`StudyConfig` from plain data (e.g. a saved resolved config)."""
-    cfg = _build(StudyConfig, raw, prefix="")
+    cfg = build(StudyConfig, raw)
     cfg.validate()
     return cfg
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
-    key, _, value = item.partition("=")
-    parts = key.strip().split(".")
-    node = raw
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        node = nxt
-    try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        node[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"unknown key {prefix}{key}; allowed: {', '.join(sorted(known))}")
-    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in raw.items()}
-    return cls(**kwargs)
-
-
-def _coerce(key: str, tp: Any, value: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, prefix=key + ".")
-    if tp is str and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # e.g. gradients.final_epoch: 12
-    if origin is Literal:
-        _choice(key, value, typing.get_args(tp))
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        (inner, *_rest) = typing.get_args(tp)
-        return tuple(_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = next(a for a in args if a is not type(None))
-        return _coerce(key, inner, value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"config field {key} has unsupported type {tp}")
-
-
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def _choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
-
-
-def _at_least(key: str, value: float, lo: float) -> None:
-    if value < lo:
-        raise ConfigError(f"{key} must be >= {lo}, got {value}")
-
-
-def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = True, hi_open: bool = False) -> None:
-    bad = (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi)
-    if bad:
-        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        raise ConfigError(f"{key} must lie in {lb}{lo}, {hi}{rb}, got {value}")

@@ -45,6 +45,11 @@ def subsets(method: str) -> str:
     return f"{SUBSETS}/{method}.parquet"
 
 
+def analysis(kind: str) -> str:
+    """An analysis table (``label_entropy``, ``gradsim_thresholds``, ...)."""
+    return f"{ANALYSIS}/{kind}.parquet"
+
+
 RETRAIN = "retrain"
 ACCURACY = "accuracy.parquet"
 

@@ -1,7 +1,8 @@
 """Name -> builder registries, so configs refer to components by name (big_vision style)."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

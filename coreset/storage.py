@@ -13,13 +13,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
+from coreset.errors import StorageError
 
 # pyarrow's S3 URI options that are credentials (they would be logged and sent to every worker).
 _SECRET_OPTIONS = frozenset({"access_key", "secret_key", "session_token"})
-
-
-class StorageError(RuntimeError):
-    """The study root cannot be read or written."""
 
 
 class StudyRoot:

@@ -6,13 +6,14 @@ misreading columns; writers validate columns before anything is published.
 from __future__ import annotations
 
 import io
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coreset.storage import StorageError, StudyRoot
+from coreset.errors import SchemaError, StorageError
+from coreset.storage import StudyRoot
 
 SCHEMA_VERSION = "1"
 _META_VERSION = b"coreset.schema_version"
@@ -41,10 +42,6 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
     "batch_bound": {"batch": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(), "column": pa.string(),
                     "norm_of_sum": pa.float64(), "sum_of_norms": pa.float64()},
 }
-
-
-class SchemaError(ValueError):
-    """A table does not match its contract (missing columns or another schema version)."""
 
 
 def to_arrow(df: pd.DataFrame | pa.Table, kind: str) -> pa.Table:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from coreset.config import TrainConfig
+from coreset.devices import autocast
 from coreset.progress import Progress
 
 
@@ -23,20 +23,6 @@ class EpochStats:
     acc: float
     n: int
     wall_s: float
-
-
-def pick_device(use_gpu: str) -> torch.device:
-    """CUDA when present (or required), CPU otherwise."""
-    if use_gpu == "yes" and not torch.cuda.is_available():
-        raise RuntimeError("train.use_gpu is 'yes' but no CUDA device is visible")
-    return torch.device("cuda" if use_gpu != "no" and torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, enabled: bool) -> ContextManager[object]:
-    """bfloat16 autocast on CUDA (no loss scaling needed); nothing on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -23,8 +23,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from coreset.gradients import GradientSpec, PerSampleGradients  # noqa: E402
-from coreset.models import InputSpec, build_model  # noqa: E402
+from coreset.gradients import GradientSpec, PerSampleGradients
+from coreset.models import InputSpec, build_model
 
 NUM_CLASSES = 10
 

@@ -9,20 +9,7 @@ A re-run computes only missing shards.
 """
 from __future__ import annotations
 
-import logging
-
-from coreset.cluster.gradients import run_gradients
-from coreset.cluster.job import run_stage
-
-log = logging.getLogger("coreset")
-
-
-def main() -> None:
-    job, summary = run_stage(__doc__, run_gradients)
-    log.info("gradients: %d rows per epoch at epochs %s (final %d); %d shards computed, %d skipped, %.1fs -> %s",
-             summary.rows_per_epoch, summary.epochs, summary.final_epoch, summary.shards_computed,
-             summary.shards_skipped, summary.wall_s, job.root.url("gradients"))
-
+from coreset.cluster.job import run_stages
 
 if __name__ == "__main__":
-    main()
+    run_stages(__doc__, ["gradients"])

@@ -8,15 +8,7 @@ row per trial: final and best test accuracy) and prints mean ± std over seeds.
 """
 from __future__ import annotations
 
-from coreset.cluster.job import run_stage
-from coreset.cluster.retrain import run_retrain
-from coreset.report import print_summary
-
-
-def main() -> None:
-    _, accuracy = run_stage(__doc__, run_retrain)
-    print_summary(accuracy)
-
+from coreset.cluster.job import run_stages
 
 if __name__ == "__main__":
-    main()
+    run_stages(__doc__, ["retrain"])

@@ -17,7 +17,7 @@ import time
 import ray
 from ray.autoscaler.sdk import request_resources
 
-from coreset.cli import fail
+from coreset.cli import configure_logging, fail
 from coreset.cluster.runtime import gpus_available, init_ray
 
 log = logging.getLogger("coreset")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wait-s", type=float, default=1800, help="give up after this many seconds")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
     ns = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     if ns.gpus < 0:
         p.error("--gpus must be >= 0")
     init_ray(ns.address)

@@ -10,21 +10,7 @@ Read all methods at once with ``pandas.read_parquet("<root>/subsets")``.
 """
 from __future__ import annotations
 
-import logging
-
-from coreset.cluster.job import run_stage
-from coreset.cluster.score import run_score
-
-log = logging.getLogger("coreset")
-
-
-def main() -> None:
-    _, summary = run_stage(__doc__, run_score)
-    log.info("score: computed %s, skipped %s in %.1fs", summary.computed or "nothing", summary.skipped or "nothing",
-             summary.wall_s)
-    for method, sizes in summary.subset_sizes.items():
-        log.info("subset sizes %-24s %s", method, sizes)
-
+from coreset.cluster.job import run_stages
 
 if __name__ == "__main__":
-    main()
+    run_stages(__doc__, ["score"])

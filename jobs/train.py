@@ -6,19 +6,7 @@ norms every epoch; resumes an interrupted run.
 """
 from __future__ import annotations
 
-import logging
-
-from coreset.cluster.job import run_stage
-from coreset.cluster.train import run_train
-
-log = logging.getLogger("coreset")
-
-
-def main() -> None:
-    job, result = run_stage(__doc__, run_train)
-    log.info("source model: best epoch %d, validation accuracy %.4f, final test accuracy %.4f -> %s",
-             result.best_epoch, result.best_val_acc, result.final_test_acc, job.root.url("source"))
-
+from coreset.cluster.job import run_stages
 
 if __name__ == "__main__":
-    main()
+    run_stages(__doc__, ["train"])

@@ -41,7 +41,7 @@ class MotoS3:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def client(self):  # noqa: ANN201 - boto3's client type is generated
+    def client(self):
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY_ID,
                             aws_secret_access_key=SECRET, region_name="us-east-1")
 

@@ -16,15 +16,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from folders import images, tiny_folder, truncate
 
 from coreset import layout
 from coreset.checkpoints import CheckpointError
@@ -33,7 +33,6 @@ from coreset.cluster.runtime import user_error
 from coreset.config import load_config
 from coreset.stages.train import train_source
 from coreset.storage import StorageError, StudyRoot
-from folders import images, tiny_folder, truncate
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs/configs/smoke.yaml"

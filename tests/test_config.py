@@ -36,6 +36,18 @@ def test_overrides_are_typed() -> None:
     ("train.momentum=1.0", "train.momentum must lie in"),
     ("train.schedule=linear", "train.schedule='linear' is not allowed; allowed: cosine, step, constant"),
     ("train.milestones=[500]", "train.milestones must lie in"),
+    ("score.methods=[random, craig]", "score.methods='craig' is not allowed; allowed: gradient_cdf, gradsimcore"),
+    ("score.norm=l3_all", "score.norm must be <l1|l2|linf>_<last|weights|biases|all>"),
+    ("score.drop_fraction=0.2", "unknown key score.drop_fraction; did you mean "
+                                "score.params.nonextreme_max_gradient.drop_fraction?"),
+    ("score.params.gradsimcore.threshold=1.5", "score.params.gradsimcore.threshold must lie in [-1.0, 1.0]"),
+    ("score.params.gradsimcore.backend=annoy", "score.params.gradsimcore.backend='annoy' is not allowed; allowed: auto"),
+    ("score.params.gradsimcore.phi=0.5", "unknown key score.params.gradsimcore.phi; allowed: backend, threshold, "
+                                         "threshold_quantile"),
+    ("score.params.random.epoch=3", "unknown key score.params.random.epoch; allowed: none"),
+    ("score.params.gradsim.threshold=0.5", "score.params='gradsim' is not allowed"),
+    ("gradients.factor_epochs=[]", "gradsimcore needs gradients.factor_epochs"),
+    ("retrain.policy=forever", "retrain.policy='forever' is not allowed; allowed: epochs, steps"),
 ])
 def test_bad_values_fail_at_load(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -70,3 +82,24 @@ def test_root_of_another_study_is_refused(tmp_path: Path) -> None:
     record_config(load_config(REPO / "jobs/configs/mnist.yaml"), root)
     with pytest.raises(ConfigError, match="holds a study with model.name='mnist_cnn'"):
         record_config(load_config(REPO / "jobs/configs/mnist.yaml", ["model.name=linear"]), root)
+
+
+def test_method_parameters_come_from_their_declarations() -> None:
+    """``score.params.<method>`` sets a method's declared parameters; the rest keep its defaults."""
+    from coreset.methods.gradsimcore import DEFAULT_QUANTILE
+
+    cfg = load_config(REPO / "jobs/configs/mnist.yaml", ["score.params.nonextreme_max_gradient.drop_fraction=0.2",
+                                                       "score.params.gradsimcore.threshold=0.25"])
+    assert cfg.score.method_params("nonextreme_max_gradient").drop_fraction == 0.2
+    g = cfg.score.method_params("gradsimcore")
+    assert (g.threshold, g.threshold_quantile, g.backend) == (0.25, DEFAULT_QUANTILE, "auto")
+    assert load_config(REPO / "jobs/configs/smoke.yaml").score.method_params("gradsimcore").threshold is None
+
+
+def test_literal_fields_are_checked_also_when_built_in_code() -> None:
+    import dataclasses
+
+    cfg = load_config(REPO / "jobs/configs/mnist.yaml")
+    bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, schedule="linear"))
+    with pytest.raises(ConfigError, match="train.schedule='linear' is not allowed"):
+        bad.validate()

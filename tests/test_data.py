@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from folders import garble, images, tiny_folder, truncate
 
 from coreset.config import DataConfig
 from coreset.data import DataError, load_datasets, probe_ids, train_val_split
-from folders import garble, images, tiny_folder, truncate
 
 
 def _cfg(shared: Path, cache: Path, **kw: object) -> DataConfig:

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import ray
 import yaml
+from faults import kill_one, kill_session, parquet_files, tune_trial_failures, wait_for, worker_processes_of
 from ray.cluster_utils import Cluster
+from studies import synthetic_study
 
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
@@ -24,8 +26,6 @@ from coreset.cluster.score import run_score
 from coreset.stages.retrain import trial_grid
 from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
-from faults import kill_one, kill_session, parquet_files, tune_trial_failures, wait_for, worker_processes_of
-from studies import synthetic_study
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]

@@ -15,9 +15,9 @@ from coreset.gradients import (
     GradientSpec,
     PerSampleGradients,
     batch_bound,
+    ghost,
     trainable_layers,
 )
-from coreset.gradients import ghost
 from coreset.models import InputSpec, build_model
 from coreset.models.base import Classifier
 
@@ -68,8 +68,8 @@ def reference(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[dict
     summed = [torch.zeros_like(p) for p in params]
     for i in range(len(x)):
         loss = F.cross_entropy(m(x[i:i + 1].double()), y[i:i + 1])
-        grads = dict(zip(params, torch.autograd.grad(loss, params)))
-        summed = [s + grads[p] for s, p in zip(summed, params)]
+        grads = dict(zip(params, torch.autograd.grad(loss, params), strict=False))
+        summed = [s + grads[p] for s, p in zip(summed, params, strict=False)]
         for n in NORMS:
             for g in GROUPS:
                 cols[f"{n}_{g}"].append(_norm([grads[p] for p in groups[g]], n))

@@ -19,18 +19,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import psutil
 import pytest
+from s3 import free_port
+from studies import SMOKE_SYNTHETIC
 
 from coreset.config import load_config
 from coreset.stages.retrain import trial_grid
-from s3 import free_port
-from studies import SMOKE_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
@@ -141,7 +141,7 @@ def test_smoke_study_as_a_submitted_job(ray_head: LocalHead, tmp_path: Path) -> 
     cfg = load_config(SMOKE, SMOKE_SYNTHETIC)
     grid = trial_grid(cfg)
     accuracy = pd.read_parquet(root / "accuracy.parquet")
-    assert sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed)) == sorted((t.method, t.fraction, t.seed) for t in grid)
+    assert sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False)) == sorted((t.method, t.fraction, t.seed) for t in grid)
     assert accuracy.test_acc.between(0, 1).all()
     split = pd.read_parquet(root / "split.parquet")
     gradients = pd.read_parquet(root / "gradients", columns=["sample_id", "epoch"])

@@ -151,7 +151,7 @@ def test_gradsimcore_scores_are_brute_force_counts_summed_over_epochs() -> None:
     method = get_method("gradsimcore", threshold=0.2, backend="gram")
     scores = method.score(table)
     expected = np.zeros(90, np.int64)
-    for (_, c), rows in table.groupby(["epoch", "label"]):
+    for (_, _c), rows in table.groupby(["epoch", "label"]):
         expected[rows.sample_id] += count_similar(np.stack(rows.err), np.stack(rows.emb), 0.2, "brute")
     assert np.array_equal(scores["score"].to_numpy(), expected)
     assert scores.columns.tolist() == ["sample_id", "label", "score"]

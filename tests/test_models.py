@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from coreset.errors import ConfigError
 from coreset.models import MODELS, InputSpec, build_model
 
 CASES = [
@@ -41,11 +42,11 @@ def test_forward_features_and_head(name: str, spec: InputSpec, feature_dim: int)
 
 
 def test_bad_inputs_are_refused() -> None:
-    with pytest.raises(ValueError, match="needs 3-channel"):
+    with pytest.raises(ConfigError, match="needs 3-channel"):
         build_model("resnet18", InputSpec(1, 64, 10))
-    with pytest.raises(ValueError, match="at least 75 px"):
+    with pytest.raises(ConfigError, match="at least 75 px"):
         build_model("inception_v3", InputSpec(3, 32, 10))
     with pytest.raises(KeyError, match="unknown model 'nope'; allowed: alexnet"):
         build_model("nope", InputSpec(3, 32, 10))
-    with pytest.raises(ValueError, match="no pretrained weights"):
+    with pytest.raises(ConfigError, match="no pretrained weights"):
         build_model("mnist_cnn", InputSpec(1, 28, 10), pretrained=True)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from s3 import SECRET
 
 from coreset.checkpoints import load_checkpoint, model_meta, save_checkpoint
 from coreset.models import InputSpec, build_model
 from coreset.storage import StorageError, StudyRoot
 from coreset.tables import read_table, write_table
-from s3 import SECRET
 
 
 def test_study_root_round_trip_on_s3(s3_bucket: str, s3_env) -> None:

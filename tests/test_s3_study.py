@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from s3 import KEY_ID, SECRET
+from studies import SMOKE_SYNTHETIC
 
 from coreset import layout
 from coreset.checkpoints import load_checkpoint
 from coreset.config import load_config
 from coreset.stages.retrain import trial_grid
 from coreset.storage import StudyRoot
-from s3 import KEY_ID, SECRET
-from studies import SMOKE_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
@@ -48,7 +48,7 @@ def test_smoke_study_on_an_s3_root(s3_bucket: str, s3_env, tmp_path: Path) -> No
     cfg = load_config(SMOKE, SMOKE_SYNTHETIC)
     grid = trial_grid(cfg)
     accuracy = pd.read_parquet(f"{root}/accuracy.parquet")  # plain pandas: pyarrow's S3 from the environment
-    assert sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed)) == sorted((t.method, t.fraction, t.seed) for t in grid)
+    assert sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False)) == sorted((t.method, t.fraction, t.seed) for t in grid)
     split = pd.read_parquet(f"{root}/split.parquet")
     train_ids = set(split.sample_id[split.split == "train"])
     gradients = pd.read_parquet(f"{root}/gradients", columns=["sample_id", "epoch", "l2_last"])

@@ -19,10 +19,10 @@ from coreset import layout
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
-from coreset.stages.gradients import (ShardTask, batch_bound_rows, check_manifest, compute_shard, final_epoch,
-                                     manifest, plan)
+from coreset.devices import pick_device
 from coreset.progress import Progress
-from coreset.stages.train import load_source_model, read_source_result, recorded_train_ids
+from coreset.stages.gradients import ShardTask, batch_bound_rows, compute_shard, plan, record_manifest
+from coreset.stages.train import load_source_model
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
 
@@ -48,7 +48,7 @@ class GradientWorker:
         torch.set_num_threads(threads)
         self.cfg = config_from_dict(study)
         self.root = StudyRoot(root_uri)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(self.cfg.train.use_gpu)
         self.datasets = load_datasets(self.cfg.data)
         self.epoch, self.model = -1, None
 
@@ -72,30 +72,24 @@ class GradientWorker:
 def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> GradientsSummary:
     """Compute every missing shard of the study's gradient table, and the batch-bound table."""
     start = time.perf_counter()
-    source = read_source_result(root)
-    if source is None:
-        raise ValueError(f"no finished source training in {root.url()}; run jobs/train.py first")
-    gcfg = cfg.gradients
-    train_ids = recorded_train_ids(root)
-    final = final_epoch(gcfg, source)
-    tasks = plan(train_ids, final, gcfg.factor_epochs, gcfg.shard_size, source.epochs_run)
-    check_manifest(root, manifest(gcfg, tasks, len(train_ids)))
-    todo = [t for t in tasks if not root.exists(t.path)]
+    work = plan(cfg, root)
+    record_manifest(root, work)
     if root.remove_partial_writes(layout.GRADIENTS):  # no actor of this stage runs yet
         log.info("gradients: removed partial files of an interrupted run")
-    log.info("gradients: %d shards, %d already done, %d to compute", len(tasks), len(tasks) - len(todo), len(todo))
-    need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
+    done = len(work.tasks) - len(work.todo)
+    log.info("gradients: %d shards, %d already done, %d to compute", len(work.tasks), done, len(work.todo))
     compute_s = 0.0
-    if todo or need_bound:
-        pool_actors = _start_workers(cfg, root, resources, max(1, len(todo)))
-        compute_s = _run_shards(pool_actors, todo, Progress("gradient shards", len(todo), every_s=10))
-        if need_bound:
-            rows = ray.get(pool_actors[0].bound.remote(train_ids, final))
+    if work.todo or work.need_bound:
+        pool_actors = _start_workers(cfg, root, resources, max(1, len(work.todo)))
+        compute_s = _run_shards(pool_actors, work.todo, Progress("gradient shards", len(work.todo), every_s=10))
+        if work.need_bound:
+            rows = ray.get(pool_actors[0].bound.remote(work.train_ids, work.final_epoch))
             write_table(root, layout.BATCH_BOUND, pd.DataFrame(rows), "batch_bound")
         for a in pool_actors:
             ray.kill(a)
-    return GradientsSummary(len(tasks), len(todo), len(tasks) - len(todo), len(train_ids),
-                            sorted({t.epoch for t in tasks}), final, time.perf_counter() - start, compute_s)
+    return GradientsSummary(len(work.tasks), len(work.todo), done, len(work.train_ids),
+                            sorted({t.epoch for t in work.tasks}), work.final_epoch, time.perf_counter() - start,
+                            compute_s)
 
 
 def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> float:

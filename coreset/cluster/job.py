@@ -1,20 +1,22 @@
-"""The frame every job shares: parse the command line, check the data, join or start Ray,
-and turn the errors a user can fix into one line and exit code 2."""
+"""The frame every job shares: parse the command line, check the data and each stage's
+settings against the root, record the config, join or start Ray, run the stages from the
+stage table, and turn the errors a user can fix into one line and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
 
 from coreset.cli import JobArgs, fail, parse_job_args, record_config
-from coreset.cluster.runtime import USER_ERRORS, init_ray, user_error
-from coreset.config import StudyConfig
+from coreset.cluster.runtime import init_ray, user_error
+from coreset.cluster.stages import STAGES
 from coreset.data import load_datasets
 from coreset.stages.train import check_study_data
-from coreset.storage import StudyRoot
 
-T = TypeVar("T")
-__all__ = ["USER_ERRORS", "one_line_errors", "run_stage", "start_job"]
+log = logging.getLogger("coreset")
+__all__ = ["one_line_errors", "run_stages", "start_job"]
 
 
 @contextmanager
@@ -23,28 +25,40 @@ def one_line_errors() -> Iterator[None]:
     when they happened in a Ray task, actor or Train worker; other errors keep their traceback."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - re-raised unless it is (or wraps) a user error
+    except Exception as e:
         cause = user_error(e)
         if cause is None:
             raise
         fail(str(cause))
 
 
-def start_job(doc: str, extend: Callable[[argparse.ArgumentParser], None] | None = None
+def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None
               ) -> tuple[JobArgs, argparse.Namespace, dict[str, float]]:
     """Parse arguments, check that the data loads (and is still the data of the study the root
-    holds), record the config (which also proves the root writable) and only then start Ray:
-    bad input costs no cluster work and writes nothing."""
+    holds) and that no stage to run contradicts what the root holds, record the config (which
+    also proves the root writable) and only then start Ray: bad input costs no cluster work
+    and writes nothing."""
     job, ns = parse_job_args(doc.splitlines()[0], extend=extend)
+    names = getattr(ns, "stages", None) or stages
     with one_line_errors():
         check_study_data(job.config, job.root, load_datasets(job.config.data))
+        for name in names:
+            check = STAGES[name].check
+            if check is not None:
+                check(job.config, job.root)
         record_config(job.config, job.root)
     return job, ns, init_ray(job.address)
 
 
-def run_stage(doc: str, stage: Callable[[StudyConfig, StudyRoot, dict[str, float]], T]) -> tuple[JobArgs, T]:
-    """Run ``stage(config, root, cluster_resources)`` as a job described by ``doc``."""
-    job, _, resources = start_job(doc)
+def run_stages(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> JobArgs:
+    """The job described by ``doc``: ``stages`` in order (or the ``--stages`` that ``extend``
+    adds), each reported as it ends."""
+    job, ns, resources = start_job(doc, stages, extend)
+    names = [s for s in STAGES if s in (getattr(ns, "stages", None) or stages)]
     with one_line_errors():
-        result = stage(job.config, job.root, resources)
-    return job, result
+        for name in names:
+            stage, start = STAGES[name], time.perf_counter()
+            stage.report(stage.run(job.config, job.root, resources), job.root)
+            log.info("stage %s: %.1fs", name, time.perf_counter() - start)
+    return job

@@ -21,11 +21,13 @@ import torch
 from ray import tune
 
 from coreset import layout
-from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
+from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.data.formats import cache_dir
-from coreset.stages.retrain import Trial, grid_name, retrain, settings_key, subset_ids, trial_grid
+from coreset.devices import pick_device
+from coreset.errors import StageError, UserError
+from coreset.stages.retrain import Trial, grid_name, plan, retrain, settings_key, subset_ids
 from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
@@ -41,7 +43,7 @@ def _trainable(config: dict[str, Any]) -> None:
     Tune would retry it and log its traceback, and the driver turns it into one line."""
     try:
         _run_trial(config)
-    except USER_ERRORS as e:
+    except UserError as e:
         tune.report({"epoch": 0, _USER_ERROR: str(e)})
 
 
@@ -58,16 +60,15 @@ def _run_trial(config: dict[str, Any]) -> None:
         return
     subsets = read_table(root, layout.subsets(trial.method), "subsets") if trial.method != "full" else pd.DataFrame()
     ids = subset_ids(trial, subsets, recorded_train_ids(root))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.train.use_gpu)
     row = retrain(cfg, load_datasets(cfg.data), trial, ids, report=tune.report, device=device)
     write_table(root, row_path, pd.DataFrame([row]), "accuracy")
 
 
 def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> pd.DataFrame:
     """Run every unfinished trial; returns (and writes) the accuracy table of the whole grid."""
-    grid = trial_grid(cfg)
-    settings = settings_key(cfg)
-    pending = [t for t in grid if not root.exists(layout.trial_row(settings, t.key))]
+    work = plan(cfg, root)
+    grid, pending = work.grid, work.pending
     log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     errored = 0
     if pending:
@@ -76,7 +77,7 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
         if errors:
             raise StageError(errors[0])
         errored = results.num_errors
-    rows = [read_table(root, layout.trial_row(settings, t.key), "accuracy") for t in grid if root.exists(layout.trial_row(settings, t.key))]
+    rows = [read_table(root, work.row_path(t), "accuracy") for t in grid if root.exists(work.row_path(t))]
     missing = len(grid) - len(rows)
     if missing and errored:
         raise StageError(f"{errored} retraining trials failed after retries; see the Tune logs under "

@@ -7,20 +7,9 @@ import os
 import ray
 from ray.exceptions import RayTaskError
 
-from coreset.checkpoints import CheckpointError
-from coreset.data import DataError
-from coreset.storage import StorageError
-from coreset.tables import SchemaError
+from coreset.errors import UserError
 
 log = logging.getLogger("coreset")
-
-
-class StageError(RuntimeError):
-    """A stage on the cluster could not finish (e.g. trials failed after their retries)."""
-
-
-# Errors a user can act on (bad data, root, checkpoint, table, setting): one line, no traceback.
-USER_ERRORS = (DataError, CheckpointError, StorageError, SchemaError, StageError, ValueError)
 
 
 def user_error(e: BaseException | None) -> BaseException | None:
@@ -34,7 +23,7 @@ def user_error(e: BaseException | None) -> BaseException | None:
         elif hasattr(e, "_base_exc"):  # Ray Train's UserExceptionWithTraceback
             e = e._base_exc  # type: ignore[union-attr]
         else:
-            return e if isinstance(e, USER_ERRORS) else None
+            return e if isinstance(e, UserError) else None
     return None
 
 

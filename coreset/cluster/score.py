@@ -1,28 +1,36 @@
-"""The score stage on Ray: GradSimCore's class-wise similarity counts spread over Ray
-tasks (one class each, a GPU each when the cluster has them); the magnitude methods
-and Random score in the driver from the final checkpoint's norm column. Each method's
-scores and subsets are one atomic file; a re-run skips methods already written with the same settings
-(``scores/_manifest.json``) and re-scores those whose settings changed.
+"""The score stage on Ray. Methods that score one class at a time (GradSimCore's class-wise
+similarity counts) are spread over Ray tasks, one class each (a GPU each when the cluster
+has them); the others score in the driver from the columns they declare. Each method's
+scores and subsets are published whole; the resume plan (:func:`coreset.stages.score.plan`)
+skips methods already written with the same settings.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import ray
 
 from coreset import layout
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
+from coreset.methods import SelectionMethod
 from coreset.progress import Progress
-from coreset.stages.score import (build_method, entropy_frame, gradient_manifest, method_settings, read_gradients,
-                             subsets_frame, with_method)
+from coreset.stages.score import (
+    MethodWork,
+    build_method,
+    class_labels,
+    merge_classes,
+    plan,
+    read_inputs,
+    score_class,
+    subset_sizes,
+    write_label_entropy,
+    write_method,
+)
 from coreset.storage import StudyRoot
-from coreset.tables import read_table, write_table
 
 log = logging.getLogger("coreset")
 
@@ -35,66 +43,46 @@ class ScoreSummary:
     wall_s: float = 0.0
 
 
-def _gradsim_class(study: dict, root_uri: str, label: int, final_epoch: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """GradSimCore counts of one class (summed over the factor epochs) and the Φ used."""
+def _class_task(study: dict, root_uri: str, name: str, final_epoch: int, label: int
+                ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One class of a by-class method, in a Ray task."""
     cfg = config_from_dict(study)
-    root = StudyRoot(root_uri)
-    method = build_method(cfg, "gradsimcore", final_epoch)
-    rows = read_gradients(root, ["sample_id", "label", "epoch", "err", "emb"], list(cfg.gradients.factor_epochs), label)
-    return method.score(rows), method.thresholds_
+    return score_class(build_method(cfg, name, final_epoch), StudyRoot(root_uri), label)
 
 
 def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> ScoreSummary:
     start = time.perf_counter()
-    manifest = gradient_manifest(root)
-    final = int(manifest["final_epoch"])
-    summary = ScoreSummary()
-    entropy = []
-    done = json.loads(root.read_bytes(layout.SCORES_MANIFEST)) if root.exists(layout.SCORES_MANIFEST) else {}
-    for name in cfg.score.methods:
-        method = build_method(cfg, name, final)
-        settings = method_settings(cfg, name, final)
-        if done.get(name) == settings and root.exists(layout.scores(name)) and root.exists(layout.subsets(name)):
-            summary.skipped.append(name)
-            scores = read_table(root, layout.scores(name), "scores")
+    score_plan = plan(cfg, root)
+    summary = ScoreSummary(skipped=[w.name for w in score_plan.methods if w.done])
+    for work in score_plan.todo:
+        if work.method.inputs().by_class:
+            scores, analysis = _score_by_class(cfg, root, resources, work, score_plan.final_epoch)
         else:
-            if name == "gradsimcore":
-                scores = _score_gradsimcore(cfg, root, resources, final)
-            else:
-                cols = ["sample_id", "label", "epoch"] + ([cfg.score.norm] if name != "random" else [])
-                scores = method.score(read_gradients(root, cols, [final]))
-            subsets = subsets_frame(method, scores, cfg)
-            write_table(root, layout.scores(name), with_method(scores, name), "scores")
-            write_table(root, layout.subsets(name), subsets, "subsets")
-            done[name] = settings
-            root.write_bytes(layout.SCORES_MANIFEST, json.dumps(done, indent=2).encode())
-            summary.computed.append(name)
-            log.info("score: %s done (%d samples)", name, len(scores))
-        ranking = {"max_gradient": cfg.score.norm, "gradsimcore": "gradsimcore"}.get(name)
-        if ranking:  # the magnitude methods share one ranking (by the norm column)
-            entropy.append(entropy_frame(ranking, scores, cfg.score.fractions))
-    if entropy and (summary.computed or not root.exists(f"{layout.ANALYSIS}/label_entropy.parquet")):
-        write_table(root, f"{layout.ANALYSIS}/label_entropy.parquet", pd.concat(entropy, ignore_index=True), "label_entropy")
-    subsets = pd.read_parquet(root.url(layout.SUBSETS))
-    summary.subset_sizes = {m: g.groupby("fraction").size().div(len(cfg.score.seeds)).astype(int).to_dict()
-                            for m, g in subsets.groupby("method")}
+            scores, analysis = _score_in_driver(work.method, root)
+        write_method(cfg, root, work, scores, analysis)
+        summary.computed.append(work.name)
+        log.info("score: %s done (%d samples)", work.name, len(scores))
+    if summary.computed or not root.exists(layout.analysis("label_entropy")):
+        write_label_entropy(cfg, root, score_plan)
+    summary.subset_sizes = subset_sizes(cfg, root)
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
-def _score_gradsimcore(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], final: int) -> pd.DataFrame:
-    labels = np.unique(read_gradients(root, ["label"], [final])["label"].to_numpy())
+def _score_in_driver(method: SelectionMethod, root: StudyRoot) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    scores = method.score(read_inputs(root, method.inputs()))
+    return scores, method.analysis_tables()
+
+
+def _score_by_class(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], work: MethodWork,
+                    final: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     options = {"num_gpus": 1} if gpus_available(resources) else {"num_cpus": 1}
-    task = ray.remote(max_retries=3)(_gradsim_class).options(**options)
-    pending = [task.remote(cfg.to_dict(), root.uri, int(c), final) for c in labels]
-    progress = Progress("gradsimcore classes", len(pending), every_s=10)
-    scores, thresholds = [], []
+    task = ray.remote(max_retries=3)(_class_task).options(**options)
+    pending = [task.remote(cfg.to_dict(), root.uri, work.name, final, int(c)) for c in class_labels(root, final)]
+    progress = Progress(f"{work.name} classes", len(pending), every_s=10)
+    parts = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        s, t = ray.get(done[0])
-        scores.append(s)
-        thresholds.append(t)
+        parts.append(ray.get(done[0]))
         progress.step()
-    write_table(root, f"{layout.ANALYSIS}/gradsim_thresholds.parquet",
-                pd.concat(thresholds, ignore_index=True).sort_values(["epoch", "label"]), "gradsim_thresholds")
-    return pd.concat(scores, ignore_index=True).sort_values("sample_id").reset_index(drop=True)
+    return merge_classes(parts)

@@ -14,16 +14,18 @@ import ray.train.torch
 import torch
 from ray.util.queue import Queue
 
-from coreset.cluster.runtime import USER_ERRORS, StageError, gpus_available
+from coreset.cli import configure_logging
+from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
-from coreset.stages.train import SourceResult, read_source_result, train_source
+from coreset.errors import StageError, UserError
+from coreset.stages.train import SourceResult, plan, read_source_result, train_source
 from coreset.storage import StudyRoot
 
 log = logging.getLogger("coreset")
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     torch.set_num_threads(int(config["threads"]))
     cfg = config_from_dict(config["study"])
     ctx = ray.train.get_context()
@@ -36,7 +38,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     try:
         train_source(cfg, StudyRoot(config["root"]), rank=rank, world=world, wrap=wrap, device=device,
                      report=lambda metrics: ray.train.report(metrics))
-    except USER_ERRORS as e:
+    except UserError as e:
         if world > 1:
             raise  # the other ranks wait in a collective: only Ray Train can stop them
         # A mistake no retry can fix (bad data, full or read-only root, foreign checkpoint):
@@ -46,10 +48,10 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> SourceResult:
     """Train the source model on the cluster (skipped when the root already holds it)."""
-    done = read_source_result(root)
-    if done is not None:
-        log.info("source training already finished in %s (best epoch %d)", root.url(), done.best_epoch)
-        return done
+    work = plan(cfg, root)
+    if work.result is not None:
+        log.info("source training already finished in %s (best epoch %d)", root.url(), work.result.best_epoch)
+        return work.result
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu == "yes" or (cfg.train.use_gpu == "auto" and gpus_available(resources) >= workers)
     cpus = cfg.train.cpus_per_worker or max(1, int(resources.get("CPU", 1)) // workers)

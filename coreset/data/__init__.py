@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from coreset.config import DataConfig
+from coreset.data.formats import DataError, load_splits, native_size
 from coreset.data.imageset import ImageSet
 from coreset.data.loader import Batches
-from coreset.data.formats import DataError, load_splits, native_size
 from coreset.data.split import probe_ids, split_ids, train_val_split
 from coreset.data.transforms import BatchTransform
 from coreset.models.base import InputSpec

@@ -8,7 +8,7 @@ workers decode JPEGs; a file they cannot decode stops the run with a one-line
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

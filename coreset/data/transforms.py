@@ -39,7 +39,7 @@ class BatchTransform:
     size: int
 
     @classmethod
-    def for_dataset(cls, name: str, channels: int, size: int, augment: bool) -> "BatchTransform":
+    def for_dataset(cls, name: str, channels: int, size: int, augment: bool) -> BatchTransform:
         mean, std = _STATS[name]
         if len(mean) != channels:
             mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels

@@ -21,11 +21,10 @@ Across layers l2 combines as the root of summed squares, l1 as a sum, linf as a 
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
+from coreset.devices import autocast
 from coreset.gradients.hooks import Layer, capture, frozen_parameters, trainable_layers
 from coreset.gradients.last_layer import error_vector, last_layer_factors, last_layer_norms
 from coreset.gradients.materialize import NormParts, wide
@@ -95,7 +94,7 @@ class PerSampleGradients:
         was_training = self.model.training
         self.model.eval()
         try:
-            with self._autocast(x):
+            with autocast(x.device, self.spec.amp):
                 out, err, emb = self._forward_backward(x, y) if self.spec.needs_backward else self._forward(x, y)
         finally:
             self.model.train(was_training)
@@ -104,11 +103,6 @@ class PerSampleGradients:
         if self.spec.factors:
             out.update(err=err, emb=emb)
         return {k: out[k] for k in ["loss", "correct", *self.columns(), "err", "emb"] if k in out}
-
-    def _autocast(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
-        if self.spec.amp and x.is_cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor):
         f = last_layer_factors(self.model, x, y)

@@ -10,9 +10,9 @@ activations and never the (batch-summed, useless here) parameter gradients.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

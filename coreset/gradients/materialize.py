@@ -10,8 +10,8 @@ The same path is the cheaper way to get l2 when ``T·(k + c) > k·c`` (``ghost.p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

@@ -16,7 +16,7 @@ for float64 models, which the tests use to check exactness beyond float32 roundi
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

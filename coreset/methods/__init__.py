@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from coreset.methods import gradient_magnitude, gradsimcore, random  # noqa: F401 (registers methods)
-from coreset.methods.base import METHODS, SelectionMethod
+from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, params_fields
 
 
 def get_method(name: str, **params: object) -> SelectionMethod:
@@ -10,4 +10,4 @@ def get_method(name: str, **params: object) -> SelectionMethod:
     return METHODS.get(name)(**params)
 
 
-__all__ = ["METHODS", "SelectionMethod", "get_method"]
+__all__ = ["METHODS", "Context", "Inputs", "SelectionMethod", "get_method", "params_fields"]

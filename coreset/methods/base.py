@@ -1,14 +1,24 @@
-"""The selection-method interface: gradient table → per-sample score → subset.
+"""The selection-method interface: study tables → per-sample score → subset.
 
 Scoring is deterministic given the table (and the method's parameters); only selection
 takes a seed, so one score table serves every (fraction, seed) of a study. A method
 implements ``score`` and, if it is not "top-k by score", ``pick``; budgets and the
 per-class split live here so every method rounds the same way.
+
+A method also describes itself, so that the config, the score stage and its settings
+manifest need no list of method names: ``Params`` (its typed parameters with defaults,
+set under ``score.params.<method>``), ``from_study`` (built from those and the study's
+:class:`Context`), ``inputs`` (the columns and checkpoints it reads, and whether it scores
+one class at a time), ``settings`` (everything its result depends on), ``ranking`` (the
+name of the ordering its scores define, for the label-entropy analysis) and
+``analysis_tables`` (side tables a scoring produced, such as GradSimCore's Φ).
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,11 +29,68 @@ from coreset.registry import Registry
 SCORE_COLUMNS = ["sample_id", "label", "score"]
 
 
+@dataclass(frozen=True)
+class NoParams:
+    """The parameters of a method that has none."""
+
+    def validate(self, prefix: str) -> None:
+        """Raise :class:`~coreset.errors.ConfigError` naming ``prefix + field`` for a bad value."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a study fixes for every method: the trained model's checkpoint (``final_epoch``),
+    GradSimCore's early checkpoints, the gradient column magnitude methods rank by, the seed."""
+
+    final_epoch: int
+    factor_epochs: tuple[int, ...]
+    norm: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a method reads: ``columns`` (besides ``sample_id, label, epoch``) of ``table`` at
+    checkpoints ``epochs``; ``by_class`` methods get one class's rows at a time, so the score
+    stage can spread classes over workers."""
+
+    columns: tuple[str, ...]
+    epochs: tuple[int, ...]
+    table: str = "gradients"
+    by_class: bool = False
+
+
 class SelectionMethod(ABC):
     """Scores samples, then selects ``fraction`` of the scored rows under a budget."""
 
     name: str = ""
     default_budget: str = "global"
+    Params: ClassVar[type] = NoParams
+
+    @classmethod
+    def from_study(cls, params: Any, context: Context) -> SelectionMethod:
+        """The method as a study configures it: its ``Params`` and the study's context."""
+        return cls()
+
+    @abstractmethod
+    def inputs(self) -> Inputs:
+        """The table columns and checkpoints :meth:`score` reads."""
+
+    def settings(self) -> dict[str, Any]:
+        """Everything the scores depend on (a change re-scores the method): by default the
+        public attributes set by the constructor."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
+                if not k.startswith("_") and not k.endswith("_")}
+
+    @property
+    def ranking(self) -> str | None:
+        """Name of the ordering the scores define (label entropy of its top-k); None when the
+        scores carry no ordering (Random). Methods that share an ordering share the name."""
+        return self.name
+
+    def analysis_tables(self) -> dict[str, pd.DataFrame]:
+        """Side tables of the last :meth:`score` call, by table kind (written under analysis/)."""
+        return {}
 
     @abstractmethod
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +100,7 @@ class SelectionMethod(ABC):
         """k sample_ids from one pool; default: highest score, ties to the lower sample_id."""
         return top_k(scores, k)
 
-    def select(self, scores: pd.DataFrame, fraction: float, seed: int, budget: Optional[str] = None) -> np.ndarray:
+    def select(self, scores: pd.DataFrame, fraction: float, seed: int, budget: str | None = None) -> np.ndarray:
         """Sorted sample_ids of the subset; k counts rows of ``scores`` (the train split)."""
         budget = budget or self.default_budget
         if budget not in BUDGETS:
@@ -64,7 +131,7 @@ def check_scores(scores: pd.DataFrame) -> None:
         raise ValueError("score table has duplicate sample_id rows")
 
 
-def at_epoch(table: pd.DataFrame, epoch: Optional[int]) -> pd.DataFrame:
+def at_epoch(table: pd.DataFrame, epoch: int | None) -> pd.DataFrame:
     """Rows of one checkpoint: ``epoch``, or the last epoch present when None."""
     if "epoch" not in table.columns:
         return table
@@ -79,6 +146,11 @@ def score_frame(rows: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
     """The standard score table, sorted by sample_id."""
     out = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(np.int64), "label": rows["label"].to_numpy(np.int64), "score": np.asarray(score, dtype=np.float64)})
     return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def params_fields(cls: type[SelectionMethod]) -> tuple[str, ...]:
+    """The parameter names a method declares (its ``Params`` dataclass fields)."""
+    return tuple(f.name for f in dataclasses.fields(cls.Params))
 
 
 METHODS: Registry[type[SelectionMethod]] = Registry("selection method")

@@ -10,7 +10,7 @@ the size check below guards explicit budgets passed in by callers.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def class_budgets(class_sizes: Mapping[int, int], k: int) -> dict[int, int]:
     shares = np.floor(quotas).astype(np.int64)
     order = np.lexsort((np.arange(len(labels)), -(quotas - shares)))
     shares[order[: k - int(shares.sum())]] += 1
-    budgets = {c: int(s) for c, s in zip(labels, shares)}
+    budgets = {c: int(s) for c, s in zip(labels, shares, strict=False)}
     check_class_budgets(class_sizes, budgets)
     return budgets
 

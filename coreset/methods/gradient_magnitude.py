@@ -6,21 +6,35 @@ the last epoch in the table) and differ only in how they pick k of them.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from coreset.methods.base import METHODS, SelectionMethod, at_epoch, score_frame, top_k
+from coreset.config_engine import in_range
+from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, at_epoch, score_frame, top_k
 from coreset.methods.budget import half_up
 
 DEFAULT_NORM = "l2_last"
 
 
 class _NormScored(SelectionMethod):
-    def __init__(self, norm: str = DEFAULT_NORM, epoch: Optional[int] = None) -> None:
+    def __init__(self, norm: str = DEFAULT_NORM, epoch: int | None = None) -> None:
         self.norm = norm
         self.epoch = epoch
+
+    @classmethod
+    def from_study(cls, params: Any, context: Context) -> _NormScored:
+        return cls(norm=context.norm, epoch=context.final_epoch)
+
+    def inputs(self) -> Inputs:
+        return Inputs(columns=(self.norm,), epochs=(self.epoch,) if self.epoch is not None else ())
+
+    @property
+    def ranking(self) -> str:
+        """The three magnitude methods order samples the same way: by the norm column."""
+        return self.norm
 
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         if self.norm not in table.columns:
@@ -41,6 +55,14 @@ class MaxGradient(_NormScored):
     name = "max_gradient"
 
 
+@dataclass(frozen=True)
+class NonExtremeParams:
+    drop_fraction: float = 0.05  # the most extreme share of the pool left out before top-k
+
+    def validate(self, prefix: str) -> None:
+        in_range(f"{prefix}drop_fraction", self.drop_fraction, 0.0, 1.0, lo_open=False, hi_open=True)
+
+
 @METHODS.register("nonextreme_max_gradient")
 class NonExtremeMaxGradient(_NormScored):
     """Non-extreme Max-Gradient: drop the top ``drop_fraction`` of the pool, then top-k.
@@ -52,12 +74,17 @@ class NonExtremeMaxGradient(_NormScored):
     """
 
     name = "nonextreme_max_gradient"
+    Params = NonExtremeParams
 
-    def __init__(self, norm: str = DEFAULT_NORM, epoch: Optional[int] = None, drop_fraction: float = 0.05) -> None:
+    def __init__(self, norm: str = DEFAULT_NORM, epoch: int | None = None, drop_fraction: float = 0.05) -> None:
         super().__init__(norm, epoch)
         if not 0.0 <= drop_fraction < 1.0:
             raise ValueError(f"drop_fraction must lie in [0, 1), got {drop_fraction}")
         self.drop_fraction = drop_fraction
+
+    @classmethod
+    def from_study(cls, params: NonExtremeParams, context: Context) -> NonExtremeMaxGradient:
+        return cls(norm=context.norm, epoch=context.final_epoch, drop_fraction=params.drop_fraction)
 
     def pick(self, scores: pd.DataFrame, k: int, rng: np.random.Generator) -> np.ndarray:
         ranked = top_k(scores, len(scores))

@@ -16,16 +16,36 @@ Ties in the count are broken by the lower sample_id (``top_k``). Default budget:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from coreset.methods.base import METHODS, SelectionMethod, score_frame
+from coreset.config_engine import in_range
+from coreset.errors import ConfigError
+from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, score_frame
 from coreset.similarity import choose_backend, count_similar, quantile_threshold, stack_list_column
 from coreset.similarity.threshold import MAX_PAIRS, count_at_quantile
 
 DEFAULT_QUANTILE = 0.9
+
+
+@dataclass(frozen=True)
+class GradSimCoreParams:
+    """``threshold``: a fixed Φ for every class and checkpoint; when unset, Φ_c,t is the
+    ``threshold_quantile`` of the class's pairwise cosines. ``backend`` counts the pairs
+    (see :mod:`coreset.similarity`; all agree up to ties at Φ)."""
+
+    threshold: float | None = None
+    threshold_quantile: float = DEFAULT_QUANTILE
+    backend: Literal["auto", "gram", "faiss", "brute"] = "auto"
+
+    def validate(self, prefix: str) -> None:
+        if self.threshold is not None:
+            in_range(f"{prefix}threshold", self.threshold, -1.0, 1.0, lo_open=False)
+        in_range(f"{prefix}threshold_quantile", self.threshold_quantile, 0.0, 1.0, lo_open=False)
 
 
 @METHODS.register("gradsimcore")
@@ -34,16 +54,17 @@ class GradSimCore(SelectionMethod):
 
     name = "gradsimcore"
     default_budget = "class_balanced"
+    Params = GradSimCoreParams
 
     def __init__(
         self,
-        threshold: Optional[float] = None,
-        threshold_quantile: Optional[float] = None,
+        threshold: float | None = None,
+        threshold_quantile: float | None = None,
         backend: str = "auto",
-        epochs: Optional[Sequence[int]] = None,
+        epochs: Sequence[int] | None = None,
         max_pairs: int = MAX_PAIRS,
         seed: int = 0,
-        backend_options: Optional[dict] = None,
+        backend_options: dict | None = None,
     ) -> None:
         if threshold is not None and threshold_quantile is not None:
             raise ValueError("give either threshold (fixed Φ) or threshold_quantile, not both")
@@ -60,7 +81,24 @@ class GradSimCore(SelectionMethod):
         self.max_pairs = max_pairs
         self.seed = seed
         self.backend_options = backend_options or {}
-        self.thresholds_: Optional[pd.DataFrame] = None
+        self.thresholds_: pd.DataFrame | None = None
+
+    @classmethod
+    def from_study(cls, params: GradSimCoreParams, context: Context) -> GradSimCore:
+        """Φ fixed when ``threshold`` is set, else the quantile rule; summed over the study's
+        early checkpoints (``gradients.factor_epochs``)."""
+        if not context.factor_epochs:
+            raise ConfigError("gradsimcore needs gradients.factor_epochs (the early checkpoints it sums over)")
+        rule = {"threshold": params.threshold} if params.threshold is not None \
+            else {"threshold_quantile": params.threshold_quantile}
+        return cls(backend=params.backend, epochs=list(context.factor_epochs), seed=context.seed, **rule)
+
+    def inputs(self) -> Inputs:
+        return Inputs(columns=("err", "emb"), epochs=tuple(self.epochs or ()), by_class=True)
+
+    def analysis_tables(self) -> dict[str, pd.DataFrame]:
+        """Φ used per class and checkpoint (``analysis/gradsim_thresholds.parquet``)."""
+        return {} if self.thresholds_ is None else {"gradsim_thresholds": self.thresholds_}
 
     def _count(self, err: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, float]:
         """(counts, Φ) for one class at one checkpoint.

@@ -1,12 +1,10 @@
 """Random: the uniform baseline (gradient-magnitude paper, Sec. 3.3 a)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import pandas as pd
 
-from coreset.methods.base import METHODS, SelectionMethod, at_epoch, score_frame
+from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, at_epoch, score_frame
 
 
 @METHODS.register("random")
@@ -16,8 +14,19 @@ class Random(SelectionMethod):
 
     name = "random"
 
-    def __init__(self, epoch: Optional[int] = None) -> None:
+    def __init__(self, epoch: int | None = None) -> None:
         self.epoch = epoch
+
+    @classmethod
+    def from_study(cls, params: object, context: Context) -> Random:
+        return cls(epoch=context.final_epoch)
+
+    def inputs(self) -> Inputs:
+        return Inputs(columns=(), epochs=(self.epoch,) if self.epoch is not None else ())
+
+    @property
+    def ranking(self) -> None:
+        return None
 
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         rows = at_epoch(table, self.epoch)

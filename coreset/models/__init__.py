@@ -1,6 +1,7 @@
 """Model zoo: every model is a :class:`Classifier` (feature body + final linear head), built by name."""
 from __future__ import annotations
 
+from coreset.errors import ConfigError
 from coreset.models import cifar, imagenet, small  # noqa: F401  (registers the models)
 from coreset.models.base import Classifier, InputSpec
 from coreset.models.registry import MODELS
@@ -11,7 +12,7 @@ def build_model(name: str, spec: InputSpec, pretrained: bool = False) -> Classif
     builder = MODELS.get(name)
     if pretrained:
         if name not in {"resnet18", "vgg16", "alexnet", "inception_v3"}:
-            raise ValueError(f"model {name!r} has no pretrained weights; only torchvision models do")
+            raise ConfigError(f"model {name!r} has no pretrained weights; only torchvision models do")
         return builder(spec, pretrained=True)  # type: ignore[call-arg]
     return builder(spec)
 

@@ -5,11 +5,12 @@ torchvision's normal download path for users with a network.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torchvision
 from torch import nn
 
+from coreset.errors import ConfigError
 from coreset.models.base import Classifier, InputSpec
 from coreset.models.registry import MODELS
 
@@ -33,9 +34,9 @@ def _split(model: nn.Module, head_path: str) -> tuple[nn.Module, nn.Linear]:
 def _torchvision(name: str, head_path: str, min_size: int, **kwargs: object) -> Callable[[InputSpec], Classifier]:
     def build(spec: InputSpec, pretrained: bool = False) -> Classifier:
         if spec.channels != 3:
-            raise ValueError(f"{name} needs 3-channel images, got {spec.channels}")
+            raise ConfigError(f"{name} needs 3-channel images, got {spec.channels}")
         if spec.image_size < min_size:
-            raise ValueError(f"{name} needs images of at least {min_size} px, got {spec.image_size}")
+            raise ConfigError(f"{name} needs images of at least {min_size} px, got {spec.image_size}")
         ctor = getattr(torchvision.models, name)
         if pretrained:
             model = ctor(weights="DEFAULT", **kwargs)

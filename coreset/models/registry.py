@@ -1,7 +1,7 @@
 """The model registry: ``MODELS.get(name)(spec) -> Classifier``."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from coreset.models.base import Classifier, InputSpec
 from coreset.registry import Registry

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from coreset.errors import ConfigError
 from coreset.models.base import Classifier, InputSpec
 from coreset.models.registry import MODELS
 
@@ -16,7 +17,7 @@ def mnist_cnn(spec: InputSpec) -> Classifier:
     """2 conv + 2 FC: the paper's MNIST network (about 99.4% on MNIST)."""
     s = _conv_out(_conv_out(spec.image_size, 5), 5)
     if s < 1:
-        raise ValueError(f"mnist_cnn needs images of at least 12 px, got {spec.image_size}")
+        raise ConfigError(f"mnist_cnn needs images of at least 12 px, got {spec.image_size}")
     body = nn.Sequential(
         nn.Conv2d(spec.channels, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -38,7 +39,7 @@ def cnn5(spec: InputSpec) -> Classifier:
     """The paper's 'vanilla' five-layer CNN for CIFAR: 3 conv (each + max-pool) and 2 FC."""
     s = spec.image_size // 8
     if s < 1:
-        raise ValueError(f"cnn5 needs images of at least 8 px, got {spec.image_size}")
+        raise ConfigError(f"cnn5 needs images of at least 8 px, got {spec.image_size}")
     body = nn.Sequential(
         nn.Conv2d(spec.channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -4,7 +4,7 @@ all share ``count(err, emb, threshold, **options) -> int64 counts``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -21,7 +21,7 @@ import torch
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
-def stack_list_column(column: Union[pd.Series, pa.Array, pa.ChunkedArray]) -> np.ndarray:
+def stack_list_column(column: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Turn a list column (``err`` or ``emb``) into an (N, width) array, keeping its float dtype.
 
     Arrow fixed-size lists are flattened without a Python loop; a pandas object column of
@@ -47,7 +47,7 @@ def stack_list_column(column: Union[pd.Series, pa.Array, pa.ChunkedArray]) -> np
     return flat.reshape(len(rows), width)
 
 
-def as_tensor(x: ArrayLike, dtype: torch.dtype, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+def as_tensor(x: ArrayLike, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
     """A 2-D tensor of ``dtype`` on ``device`` (float16 inputs are upcast exactly)."""
     t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     if t.ndim != 2:
@@ -69,7 +69,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, x / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(x))
 
 
-def unit_factors(err: ArrayLike, emb: ArrayLike, dtype: torch.dtype, device: Union[str, torch.device] = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def unit_factors(err: ArrayLike, emb: ArrayLike, dtype: torch.dtype, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(Ê, Ĥ): row-normalised ``err`` and row-normalised ``[h; 1]``."""
     e = as_tensor(err, dtype, device)
     h = as_tensor(emb, dtype, device)

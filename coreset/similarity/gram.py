@@ -7,7 +7,7 @@ what makes ImageNet shape (C=1000, D=512, 1300 images per class) feasible on a C
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Union
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ def cosine_blocks(
     err: ArrayLike,
     emb: ArrayLike,
     block_size: int = DEFAULT_BLOCK,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, cos[start:start+b, :])`` row blocks of the class cosine matrix."""
@@ -50,7 +50,7 @@ def count_similar(
     emb: ArrayLike,
     threshold: float,
     block_size: int = TRIANGLE_BLOCK,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """For each i, the number of j ≠ i with cos(g_i, g_j) > Φ (strictly), one class, one checkpoint.

@@ -15,7 +15,7 @@ between order statistics (numpy's default) is used in both cases.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -1,4 +1,5 @@
-"""The gradient stage without Ray: which (checkpoint, shard) pieces to compute, and each piece.
+"""The gradient stage without Ray: which (checkpoint, shard) pieces to compute (the resume
+plan, read from the study root), and each piece.
 
 The table has one row per (sample_id, epoch) for the train split at the chosen
 checkpoints: at the trained model (``final``) every configured norm plus the factors;
@@ -16,11 +17,12 @@ import pyarrow as pa
 import torch
 
 from coreset import layout
-from coreset.config import GradientsConfig
+from coreset.config import GradientsConfig, StudyConfig
 from coreset.data import Datasets
+from coreset.errors import StageError
 from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
-from coreset.stages.train import SourceResult
+from coreset.stages.train import SourceResult, read_source_result, recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import to_arrow
 
@@ -39,6 +41,41 @@ class ShardTask:
         return layout.gradient_shard(self.epoch, self.shard)
 
 
+@dataclass(frozen=True)
+class GradientsPlan:
+    """Every shard of the table, those still missing, and whether the batch-bound table is."""
+
+    tasks: list[ShardTask]
+    todo: list[ShardTask]
+    train_ids: np.ndarray
+    final_epoch: int
+    manifest: dict[str, object]
+    need_bound: bool
+
+
+def plan(cfg: StudyConfig, root: StudyRoot) -> GradientsPlan:
+    """What is left of the study's gradient table; refuses a root whose table was computed
+    with other settings. Reads only the root's records and file listing."""
+    source = read_source_result(root)
+    if source is None:
+        raise StageError(f"no finished source training in {root.url()}; run jobs/train.py first")
+    gcfg = cfg.gradients
+    train_ids = recorded_train_ids(root)
+    final = final_epoch(gcfg, source)
+    tasks = shard_tasks(train_ids, final, gcfg.factor_epochs, gcfg.shard_size, source.epochs_run)
+    wanted = manifest(gcfg, tasks, len(train_ids))
+    check_manifest(root, wanted)
+    todo = [t for t in tasks if not root.exists(t.path)]
+    need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
+    return GradientsPlan(tasks, todo, train_ids, final, wanted, need_bound)
+
+
+def check(cfg: StudyConfig, root: StudyRoot) -> None:
+    """Refuse settings that contradict the table the root already holds (before any work)."""
+    if root.exists(layout.GRADIENTS_MANIFEST) and read_source_result(root) is not None:
+        plan(cfg, root)
+
+
 def final_epoch(cfg: GradientsConfig, source: SourceResult) -> int:
     if cfg.final_epoch == "best":
         return source.best_epoch
@@ -46,16 +83,16 @@ def final_epoch(cfg: GradientsConfig, source: SourceResult) -> int:
         return source.epochs_run
     epoch = int(cfg.final_epoch)
     if epoch > source.epochs_run:
-        raise ValueError(f"gradients.final_epoch={epoch} but source training ran {source.epochs_run} epochs")
+        raise StageError(f"gradients.final_epoch={epoch} but source training ran {source.epochs_run} epochs")
     return epoch
 
 
-def plan(train_ids: np.ndarray, final: int, factor_epochs: tuple[int, ...], shard_size: int,
-         epochs_run: int) -> list[ShardTask]:
+def shard_tasks(train_ids: np.ndarray, final: int, factor_epochs: tuple[int, ...], shard_size: int,
+                epochs_run: int) -> list[ShardTask]:
     """Every (epoch, shard) piece of the table, ordered by epoch (each worker loads a checkpoint once)."""
     bad = [e for e in factor_epochs if e > epochs_run]
     if bad:
-        raise ValueError(f"gradients.factor_epochs {bad} exceed the {epochs_run} epochs of source training")
+        raise StageError(f"gradients.factor_epochs {bad} exceed the {epochs_run} epochs of source training")
     ids = np.sort(np.asarray(train_ids, dtype=np.int64))
     shards = [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
     epochs = sorted(set(factor_epochs) | {final})
@@ -71,14 +108,19 @@ def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int) -> dict[str, 
 
 
 def check_manifest(root: StudyRoot, wanted: dict[str, object]) -> None:
+    """Refuse a table computed with other settings (reads only)."""
     if root.exists(layout.GRADIENTS_MANIFEST):
         found = json.loads(root.read_bytes(layout.GRADIENTS_MANIFEST))
         if found != wanted:
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-            raise ValueError(f"{root.url(layout.GRADIENTS)} was computed with other settings ({', '.join(diff)}); "
+            raise StageError(f"{root.url(layout.GRADIENTS)} was computed with other settings ({', '.join(diff)}); "
                              f"delete it or use another --root")
-    else:
-        root.write_bytes(layout.GRADIENTS_MANIFEST, json.dumps(wanted, indent=2).encode())
+
+
+def record_manifest(root: StudyRoot, gradients_plan: GradientsPlan) -> None:
+    """Record the table's settings before its first shard is written."""
+    if not root.exists(layout.GRADIENTS_MANIFEST):
+        root.write_bytes(layout.GRADIENTS_MANIFEST, json.dumps(gradients_plan.manifest, indent=2).encode())
 
 
 def gradient_spec(cfg: GradientsConfig, final: bool) -> GradientSpec:
@@ -132,3 +174,18 @@ def batch_bound_rows(model: Classifier, datasets: Datasets, train_ids: np.ndarra
             rows.append({"batch": b, "epoch": epoch, "batch_size": size, "column": col,
                          "norm_of_sum": result[f"{col}_norm_of_sum"], "sum_of_norms": result[f"{col}_sum_of_norms"]})
     return rows
+
+
+def compute_in_process(cfg: StudyConfig, root: StudyRoot, work: GradientsPlan, datasets: Datasets,
+                       device: torch.device) -> None:
+    """The plan's missing shards, one after another in this process (no Ray): what each actor
+    of the cluster stage does for its share, for tests, benchmarks and debugging."""
+    from coreset.stages.train import load_source_model
+    from coreset.tables import write_table
+
+    record_manifest(root, work)
+    model, epoch = None, -1
+    for task in work.todo:
+        if task.epoch != epoch:
+            model, epoch = load_source_model(cfg, root, datasets, task.epoch, device), task.epoch
+        write_table(root, task.path, compute_shard(model, datasets, task, cfg.gradients, device), "gradients")

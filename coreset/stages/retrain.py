@@ -1,5 +1,6 @@
 """Retraining from scratch on a subset: the measure of how well a coreset stands in for
-the full data. Pure PyTorch; Ray Tune runs one :func:`retrain` per trial.
+the full data. Pure PyTorch; Ray Tune runs one :func:`retrain` per trial. The resume plan
+(:func:`plan`) is the grid less the trials whose accuracy rows the root already holds.
 
 Both length policies run a number of optimiser steps split into evaluation intervals:
 ``epochs`` evaluates after every pass over the subset; ``steps`` runs a fixed budget of
@@ -14,17 +15,22 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from coreset import layout
 from coreset.config import StudyConfig
 from coreset.data import Batches, Datasets
+from coreset.devices import pick_device
+from coreset.errors import StageError
 from coreset.models import build_model
-from coreset.training import build_optimizer, build_scheduler, evaluate, pick_device, prepare_model, train_one_epoch
+from coreset.storage import StudyRoot
+from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,25 @@ def trial_grid(cfg: StudyConfig) -> list[Trial]:
     return grid
 
 
+@dataclass(frozen=True)
+class RetrainPlan:
+    """The trial grid, the key of its training settings, and the trials without a row."""
+
+    grid: list[Trial]
+    settings: str
+    pending: list[Trial]
+
+    def row_path(self, trial: Trial) -> str:
+        return layout.trial_row(self.settings, trial.key)
+
+
+def plan(cfg: StudyConfig, root: StudyRoot) -> RetrainPlan:
+    """Every trial of the grid and those not finished (no accuracy row under these settings)."""
+    grid = trial_grid(cfg)
+    settings = settings_key(cfg)
+    return RetrainPlan(grid, settings, [t for t in grid if not root.exists(layout.trial_row(settings, t.key))])
+
+
 def grid_name(grid: list[Trial]) -> str:
     """A stable name of the grid: the Tune experiment that a restore continues."""
     return "retrain-" + hashlib.sha256(json.dumps(sorted(t.key for t in grid)).encode()).hexdigest()[:10]
@@ -69,7 +94,7 @@ def subset_ids(trial: Trial, subsets: pd.DataFrame, train_ids: np.ndarray) -> np
     rows = subsets[(subsets.method == trial.method) & np.isclose(subsets.fraction, trial.fraction)
                    & (subsets.seed == trial.seed)]
     if rows.empty:
-        raise ValueError(f"no subset for {trial.method} at fraction {trial.fraction} seed {trial.seed}; run jobs/score.py")
+        raise StageError(f"no subset for {trial.method} at fraction {trial.fraction} seed {trial.seed}; run jobs/score.py")
     return np.sort(rows.sample_id.to_numpy())
 
 

@@ -1,68 +1,128 @@
-"""The score and select stages without Ray: methods built from the study config, gradient
-rows read from the table with only the columns and rows a method needs, subsets for every
-fraction and seed, and the label-entropy analysis of each ranking.
+"""The score stage without Ray: which methods are left to score (the resume plan), the rows
+each method reads, subsets for every fraction and seed, and the label-entropy analysis.
+
+Every method describes itself (:mod:`coreset.methods.base`): its inputs say which columns
+and checkpoints to read and whether it scores one class at a time; its settings, with the
+study's fractions, seeds and budget, are what ``scores/_manifest.json`` records, so a
+changed setting re-scores only that method.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
 from coreset import layout
 from coreset.analysis import label_entropy_curve
 from coreset.config import StudyConfig
-from coreset.methods import SelectionMethod, get_method
+from coreset.errors import StageError
+from coreset.methods import METHODS, Context, Inputs, SelectionMethod
 from coreset.storage import StudyRoot
+from coreset.tables import read_table, write_table
+
+KEYS = ["sample_id", "label", "epoch"]
+
+
+@dataclass(frozen=True)
+class MethodWork:
+    """One configured method: built, with the settings that identify its result."""
+
+    name: str
+    method: SelectionMethod
+    settings: dict[str, Any]
+    done: bool
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    final_epoch: int
+    methods: list[MethodWork]
+
+    @property
+    def todo(self) -> list[MethodWork]:
+        return [m for m in self.methods if not m.done]
 
 
 def gradient_manifest(root: StudyRoot) -> dict:
     if not root.exists(layout.GRADIENTS_MANIFEST):
-        raise ValueError(f"no gradient table in {root.url()}; run jobs/gradients.py first")
+        raise StageError(f"no gradient table in {root.url()}; run jobs/gradients.py first")
     return json.loads(root.read_bytes(layout.GRADIENTS_MANIFEST))
 
 
+def context(cfg: StudyConfig, final_epoch: int) -> Context:
+    return Context(final_epoch=final_epoch, factor_epochs=tuple(cfg.gradients.factor_epochs), norm=cfg.score.norm,
+                   seed=cfg.seed)
+
+
 def build_method(cfg: StudyConfig, name: str, final_epoch: int) -> SelectionMethod:
-    """The configured method ``name``; magnitude methods score the trained (final) checkpoint."""
-    s = cfg.score
-    if name == "random":
-        return get_method(name, epoch=final_epoch)
-    if name in ("max_gradient", "gradient_cdf"):
-        return get_method(name, norm=s.norm, epoch=final_epoch)
-    if name == "nonextreme_max_gradient":
-        return get_method(name, norm=s.norm, epoch=final_epoch, drop_fraction=s.drop_fraction)
-    if not cfg.gradients.factor_epochs:
-        raise ValueError("gradsimcore needs gradients.factor_epochs (the early checkpoints it sums over)")
-    params = {"threshold": s.threshold} if s.threshold is not None else {"threshold_quantile": s.threshold_quantile}
-    return get_method(name, backend=s.backend, epochs=list(cfg.gradients.factor_epochs), seed=cfg.seed, **params)
+    """Method ``name`` as the study configures it (its ``score.params`` and the study context)."""
+    return METHODS.get(name).from_study(cfg.score.method_params(name), context(cfg, final_epoch))
 
 
-def method_settings(cfg: StudyConfig, name: str, final_epoch: int) -> dict[str, object]:
+def method_settings(cfg: StudyConfig, method: SelectionMethod) -> dict[str, Any]:
     """Everything a method's scores and subsets depend on; a change re-scores that method."""
     s = cfg.score
-    out: dict[str, object] = {"fractions": list(s.fractions), "seeds": list(s.seeds), "budget": s.budget,
-                              "final_epoch": final_epoch}
-    if name in ("max_gradient", "gradient_cdf", "nonextreme_max_gradient"):
-        out["norm"] = s.norm
-    if name == "nonextreme_max_gradient":
-        out["drop_fraction"] = s.drop_fraction
-    if name == "gradsimcore":
-        out.update(threshold=s.threshold, threshold_quantile=s.threshold_quantile, backend=s.backend,
-                   factor_epochs=list(cfg.gradients.factor_epochs), seed=cfg.seed)
-    return out
+    return {"fractions": list(s.fractions), "seeds": list(s.seeds), "budget": s.budget, **method.settings()}
 
 
-def read_gradients(root: StudyRoot, columns: list[str], epochs: list[int], label: int | None = None) -> pd.DataFrame:
-    """Rows of the gradient table at ``epochs`` (and one class), only ``columns``."""
+def recorded_settings(root: StudyRoot) -> dict[str, Any]:
+    return json.loads(root.read_bytes(layout.SCORES_MANIFEST)) if root.exists(layout.SCORES_MANIFEST) else {}
+
+
+def plan(cfg: StudyConfig, root: StudyRoot) -> ScorePlan:
+    """Every configured method, marked done when its scores and subsets were written with the
+    same settings. Reads only manifests."""
+    final = int(gradient_manifest(root)["final_epoch"])
+    recorded = recorded_settings(root)
+    work = []
+    for name in cfg.score.methods:
+        method = build_method(cfg, name, final)
+        settings = method_settings(cfg, method)
+        done = recorded.get(name) == settings and root.exists(layout.scores(name)) and root.exists(layout.subsets(name))
+        work.append(MethodWork(name, method, settings, done))
+    return ScorePlan(final, work)
+
+
+def read_inputs(root: StudyRoot, inputs: Inputs, label: int | None = None) -> pd.DataFrame:
+    """The rows ``inputs`` asks for (one class when ``label`` is given), only its columns."""
     dataset = pads.dataset(root.path(layout.GRADIENTS), filesystem=root.fs, format="parquet",
                            exclude_invalid_files=False)
+    columns = KEYS + [c for c in inputs.columns if c not in KEYS]
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
-        raise ValueError(f"gradient table lacks {missing}; columns present: {dataset.schema.names}")
-    flt = pads.field("epoch").isin(epochs)
+        raise StageError(f"gradient table lacks {missing}; columns present: {dataset.schema.names}")
+    flt = pads.field("epoch").isin(list(inputs.epochs))
     if label is not None:
         flt = flt & (pads.field("label") == label)
     return dataset.to_table(columns=columns, filter=flt).to_pandas()
+
+
+def class_labels(root: StudyRoot, final_epoch: int) -> np.ndarray:
+    """The classes present in the train split (the work units of by-class methods)."""
+    rows = read_inputs(root, Inputs(columns=(), epochs=(final_epoch,)))
+    return np.unique(rows["label"].to_numpy())
+
+
+def score_class(method: SelectionMethod, root: StudyRoot, label: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """A by-class method's scores of one class, and the side tables that class produced."""
+    scores = method.score(read_inputs(root, method.inputs(), label))
+    return scores, method.analysis_tables()
+
+
+def merge_classes(parts: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]
+                  ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One table of scores (by sample_id) and one of each side table from per-class results."""
+    scores = pd.concat([s for s, _ in parts], ignore_index=True).sort_values("sample_id").reset_index(drop=True)
+    analysis: dict[str, pd.DataFrame] = {}
+    for kind in sorted({k for _, a in parts for k in a}):
+        table = pd.concat([a[kind] for _, a in parts if kind in a], ignore_index=True)
+        keys = [c for c in ("epoch", "label", "sample_id") if c in table.columns]
+        analysis[kind] = table.sort_values(keys).reset_index(drop=True) if keys else table
+    return scores, analysis
 
 
 def subsets_frame(method: SelectionMethod, scores: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
@@ -76,14 +136,43 @@ def subsets_frame(method: SelectionMethod, scores: pd.DataFrame, cfg: StudyConfi
     return pd.concat(parts, ignore_index=True)
 
 
-def entropy_frame(method: str, scores: pd.DataFrame, fractions: tuple[float, ...]) -> pd.DataFrame:
-    """Label entropy of the method's top-k at each fraction (the paper's Figure 7)."""
-    curve = label_entropy_curve(scores, fractions=sorted(set(fractions) | {1.0}))
-    curve.insert(0, "method", method)
-    return curve
+def write_method(cfg: StudyConfig, root: StudyRoot, work: MethodWork, scores: pd.DataFrame,
+                 analysis: dict[str, pd.DataFrame]) -> None:
+    """Publish one method's analysis tables, scores and subsets, then record its settings."""
+    for kind, table in analysis.items():
+        write_table(root, layout.analysis(kind), table, kind)
+    write_table(root, layout.scores(work.name), with_method(scores, work.name), "scores")
+    write_table(root, layout.subsets(work.name), subsets_frame(work.method, scores, cfg), "subsets")
+    recorded = recorded_settings(root)
+    recorded[work.name] = work.settings
+    root.write_bytes(layout.SCORES_MANIFEST, json.dumps(recorded, indent=2).encode())
+
+
+def write_label_entropy(cfg: StudyConfig, root: StudyRoot, score_plan: ScorePlan) -> None:
+    """Label entropy of each ranking's top-k at each fraction (the paper's Figure 7); one curve
+    per ranking, so methods that order samples alike (the magnitude methods) share one."""
+    curves, seen = [], set()
+    for work in score_plan.methods:
+        ranking = work.method.ranking
+        if ranking is None or ranking in seen:
+            continue
+        seen.add(ranking)
+        scores = read_table(root, layout.scores(work.name), "scores")
+        curve = label_entropy_curve(scores, fractions=sorted(set(cfg.score.fractions) | {1.0}))
+        curve.insert(0, "method", ranking)
+        curves.append(curve)
+    if curves:
+        write_table(root, layout.analysis("label_entropy"), pd.concat(curves, ignore_index=True), "label_entropy")
 
 
 def with_method(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     out = scores[["sample_id", "label", "score"]].copy()
     out.insert(2, "method", method)
     return out
+
+
+def subset_sizes(cfg: StudyConfig, root: StudyRoot) -> dict[str, dict[float, int]]:
+    """Images per subset, by method and fraction (from the subsets written)."""
+    subsets = pd.read_parquet(root.url(layout.SUBSETS))
+    return {m: g.groupby("fraction").size().div(len(cfg.score.seeds)).astype(int).to_dict()
+            for m, g in subsets.groupby("method")}

@@ -8,14 +8,15 @@ its last completed epoch. Early stopping watches validation accuracy; the best
 validation epoch is recorded as the trained model.
 
 Data-parallel training passes ``rank``/``world`` and a ``wrap`` (DDP); rank 0 alone
-evaluates and writes.
+evaluates and writes. The resume plan (:func:`plan`) reads how far the root got.
 """
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,12 +27,14 @@ from coreset import layout
 from coreset.checkpoints import load_checkpoint, model_meta, save_checkpoint
 from coreset.config import StudyConfig
 from coreset.data import Datasets, load_datasets, probe_ids, split_ids, train_val_split
+from coreset.devices import pick_device
+from coreset.errors import DataError
 from coreset.gradients.last_layer import last_layer_factors, last_layer_norms
 from coreset.models import Classifier, build_model
 from coreset.progress import Progress
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
-from coreset.training import build_optimizer, build_scheduler, evaluate, pick_device, prepare_model, train_one_epoch
+from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
 
 log = logging.getLogger("coreset")
 
@@ -45,6 +48,31 @@ class SourceResult:
     stopped_early: bool
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """How far source training got: ``epochs_done`` of ``epochs`` (resumable), or finished
+    (``result``: early stopping may finish it before ``epochs``)."""
+
+    epochs: int
+    epochs_done: int
+    result: SourceResult | None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+
+def plan(cfg: StudyConfig, root: StudyRoot) -> TrainPlan:
+    """The resume plan of source training, from the root's records (no checkpoint is read)."""
+    result = read_source_result(root)
+    done = 0
+    if result is not None:
+        done = result.epochs_run
+    elif root.exists(layout.RESUME) and root.exists(layout.TRAIN_LOG):
+        done = int(read_table(root, layout.TRAIN_LOG, "train_log").epoch.max())
+    return TrainPlan(cfg.train.epochs, done, result)
+
+
 def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: bool = True) -> pd.DataFrame:
     """The study's validation split: read from the root, or drawn from the seed and recorded
     (with the unreadable images a folder dataset left out, on which the ids depend)."""
@@ -52,7 +80,7 @@ def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: boo
         split = read_table(root, layout.SPLIT, "split")
         _check_skipped(cfg, root, datasets)  # first: it says why the train set changed
         if len(split) != len(datasets.train) or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy()):
-            raise ValueError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
+            raise DataError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
                              f"({len(split)} rows vs {len(datasets.train)} images); use a new study root")
         return split
     split = train_val_split(datasets.train.labels.numpy(), cfg.data.val_fraction, cfg.seed)
@@ -82,8 +110,8 @@ def _check_skipped(cfg: StudyConfig, root: StudyRoot, datasets: Datasets) -> Non
     recorded = read_table(root, layout.SKIPPED_FILES, "skipped_files") if root.exists(layout.SKIPPED_FILES) \
         else skipped_files(datasets).iloc[:0]
     now = skipped_files(datasets)
-    if list(zip(recorded.split, recorded.path)) != list(zip(now.split, now.path)):
-        raise ValueError(f"{cfg.data.root} now leaves out {len(now)} unreadable images, the study in {root.url()} "
+    if list(zip(recorded.split, recorded.path, strict=False)) != list(zip(now.split, now.path, strict=False)):
+        raise DataError(f"{cfg.data.root} now leaves out {len(now)} unreadable images, the study in {root.url()} "
                          f"left out {len(recorded)} ({layout.SKIPPED_FILES}); its sample ids would shift: "
                          f"restore the data or use a new --root")
 

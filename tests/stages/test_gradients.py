@@ -1,4 +1,4 @@
-"""The gradient stage on real Ray: sharded tables, exact row sets, resume, bad input."""
+"""The gradient stage: its resume plan and pieces in-process; sharded tables on real Ray."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +8,15 @@ import pandas as pd
 import pytest
 import ray
 import torch
+from studies import synthetic_study
 
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
 from coreset.data import load_datasets
-from coreset.stages.gradients import ShardTask, compute_shard
+from coreset.errors import StageError
+from coreset.stages.gradients import ShardTask, compute_in_process, compute_shard, plan
 from coreset.stages.train import load_source_model, train_source
 from coreset.storage import StudyRoot
-from studies import synthetic_study
 
 
 def _cfg(*extra: str):
@@ -27,12 +28,51 @@ def _cfg(*extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    root = StudyRoot(str(tmp_path_factory.mktemp("study")))
-    train_source(_cfg(), root)
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained source model (no gradient table): tests copy it before writing shards."""
+    path = tmp_path_factory.mktemp("source")
+    train_source(_cfg(), StudyRoot(str(path)))
+    return path
+
+
+@pytest.fixture
+def fresh(source: Path, tmp_path: Path) -> StudyRoot:
+    import shutil
+
+    shutil.copytree(source, tmp_path / "study")
+    return StudyRoot(str(tmp_path / "study"))
+
+
+@pytest.fixture(scope="module")
+def trained(source: Path, tmp_path_factory: pytest.TempPathFactory):
+    import shutil
+
+    path = tmp_path_factory.mktemp("ray") / "study"
+    shutil.copytree(source, path)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield root
+    yield StudyRoot(str(path))
     ray.shutdown()
+
+
+def test_plan_lists_missing_shards_and_refuses_other_settings(fresh: StudyRoot) -> None:
+    cfg = _cfg()
+    work = plan(cfg, fresh)
+    n_train = len(work.train_ids)
+    assert work.final_epoch == 3 and {t.epoch for t in work.tasks} == {1, 2, 3}
+    assert len(work.tasks) == 3 * -(-n_train // 64) and work.todo == work.tasks and work.need_bound
+    assert [t.final for t in work.tasks].count(True) == len(work.tasks) // 3
+    compute_in_process(cfg, fresh, work, load_datasets(cfg.data), torch.device("cpu"))
+    assert plan(cfg, fresh).todo == []
+    fresh.delete(layout.gradient_shard(2, 1))
+    assert [(t.epoch, t.shard) for t in plan(cfg, fresh).todo] == [(2, 1)]
+    with pytest.raises(StageError, match="computed with other settings .*shard_size"):
+        plan(_cfg("gradients.shard_size=32"), fresh)
+    with pytest.raises(StageError, match="factor_epochs \\[7\\] exceed the 3 epochs"):
+        plan(_cfg("gradients.factor_epochs=[7]"), fresh)
+    with pytest.raises(StageError, match="final_epoch=9 but source training ran 3 epochs"):
+        plan(_cfg("gradients.final_epoch=9"), fresh)
+    df = pd.read_parquet(fresh.url(layout.GRADIENTS))
+    assert df.groupby("epoch").size().to_dict() == {1: n_train, 3: n_train, 2: n_train - 64}
 
 
 @pytest.mark.ray
@@ -43,7 +83,7 @@ def test_table_has_one_row_per_sample_and_epoch(trained: StudyRoot) -> None:
     df = pd.read_parquet(trained.url(layout.GRADIENTS))
     split = pd.read_parquet(trained.url(layout.SPLIT))
     train_ids = np.sort(split.sample_id[split.split == "train"].to_numpy())
-    for epoch, rows in df.groupby("epoch"):
+    for _epoch, rows in df.groupby("epoch"):
         assert np.array_equal(np.sort(rows.sample_id.to_numpy()), train_ids)
     assert not df.duplicated(["sample_id", "epoch"]).any()
     final = df[df.epoch == 3]
@@ -69,7 +109,7 @@ def test_table_has_one_row_per_sample_and_epoch(trained: StudyRoot) -> None:
 
 
 @pytest.mark.ray
-def test_lost_shard_is_recomputed_and_settings_change_is_refused(trained: StudyRoot) -> None:
+def test_lost_shard_is_recomputed_on_the_cluster(trained: StudyRoot) -> None:
     cfg = _cfg()
     run_gradients(cfg, trained, dict(ray.cluster_resources()))
     trained.delete(layout.gradient_shard(2, 1))
@@ -77,14 +117,10 @@ def test_lost_shard_is_recomputed_and_settings_change_is_refused(trained: StudyR
     assert again.shards_computed == 1
     df = pd.read_parquet(trained.url(layout.GRADIENTS))
     assert not df.duplicated(["sample_id", "epoch"]).any() and df.groupby("epoch").size().nunique() == 1
-    with pytest.raises(ValueError, match="computed with other settings .*shard_size"):
-        run_gradients(_cfg("gradients.shard_size=32"), trained, dict(ray.cluster_resources()))
-    with pytest.raises(ValueError, match="factor_epochs \\[7\\] exceed the 3 epochs"):
-        run_gradients(_cfg("gradients.factor_epochs=[7]"), trained, dict(ray.cluster_resources()))
 
 
 def test_gradients_need_a_trained_source(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no finished source training"):
+    with pytest.raises(StageError, match="no finished source training"):
         run_gradients(_cfg(), StudyRoot(str(tmp_path)), {"CPU": 2})
 
 
@@ -93,7 +129,7 @@ def test_gradients_job_without_source_is_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, str(repo / "jobs" / "gradients.py"), "--config", str(repo / "jobs/configs/smoke.yaml"),
                            "--root", str(tmp_path), "--set", "data.name=synthetic"],
                           capture_output=True, text=True, timeout=300, cwd=repo)
@@ -101,3 +137,28 @@ def test_gradients_job_without_source_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == \
         f"error: no finished source training in {tmp_path}; run jobs/train.py first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_job_refusing_new_settings_leaves_the_recorded_config(fresh: StudyRoot, tmp_path: Path) -> None:
+    """A stage's own check runs before ``config.yaml`` is written: a refused job changes nothing."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from coreset.cli import record_config
+
+    cfg = _cfg()
+    compute_in_process(cfg, fresh, plan(cfg, fresh), load_datasets(cfg.data), torch.device("cpu"))
+    record_config(cfg, fresh)
+    before = {p.relative_to(fresh.uri): p.read_bytes() for p in Path(fresh.uri).rglob("*") if p.is_file()}
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "gradients.py"), "--config", str(config),
+                           "--root", fresh.uri, "--set", "gradients.shard_size=32"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "computed with other settings (" in proc.stderr
+    after = {p.relative_to(fresh.uri): p.read_bytes() for p in Path(fresh.uri).rglob("*") if p.is_file()}
+    assert after == before

@@ -1,18 +1,25 @@
-"""The score stage on real Ray over a real (small) gradient table: subsets of exact size."""
+"""The score stage over a real (small) gradient table: its resume plan in-process; every method's
+subsets of exact size on real Ray (by-class methods as Ray tasks)."""
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import ray
+import torch
+from studies import synthetic_study
 
 from coreset import layout
-from coreset.cluster.gradients import run_gradients
 from coreset.cluster.score import run_score
+from coreset.data import load_datasets
+from coreset.errors import StageError
 from coreset.methods.budget import class_budgets, global_budget
+from coreset.stages import gradients, score
 from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
-from studies import synthetic_study
 
 
 def _cfg(*extra: str):
@@ -23,13 +30,49 @@ def _cfg(*extra: str):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    root = StudyRoot(str(tmp_path_factory.mktemp("study")))
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained source model and its gradient table (computed in-process)."""
+    path = tmp_path_factory.mktemp("table")
+    root, cfg = StudyRoot(str(path)), _cfg()
+    train_source(cfg, root)
+    gradients.compute_in_process(cfg, root, gradients.plan(cfg, root), load_datasets(cfg.data), torch.device("cpu"))
+    return path
+
+
+@pytest.fixture
+def fresh(table: Path, tmp_path: Path) -> StudyRoot:
+    shutil.copytree(table, tmp_path / "study")
+    return StudyRoot(str(tmp_path / "study"))
+
+
+@pytest.fixture(scope="module")
+def study(table: Path, tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("ray") / "study"
+    shutil.copytree(table, path)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    train_source(_cfg(), root)
-    run_gradients(_cfg(), root, dict(ray.cluster_resources()))
-    yield root
+    yield StudyRoot(str(path))
     ray.shutdown()
+
+
+def test_plan_marks_methods_done_by_their_settings(fresh: StudyRoot) -> None:
+    cfg = _cfg()
+    first = score.plan(cfg, fresh)
+    assert [w.name for w in first.todo] == list(cfg.score.methods) and first.final_epoch == 3
+    by_class = {w.name for w in first.methods if w.method.inputs().by_class}
+    assert by_class == {"gradsimcore"}
+    for work in first.todo:  # score every method in-process, one class at a time where declared
+        if work.name in by_class:
+            parts = [score.score_class(work.method, fresh, int(c)) for c in score.class_labels(fresh, 3)]
+            scores, analysis = score.merge_classes(parts)
+        else:
+            scores, analysis = work.method.score(score.read_inputs(fresh, work.method.inputs())), {}
+        score.write_method(cfg, fresh, work, scores, analysis)
+    assert score.plan(cfg, fresh).todo == []
+    changed = score.plan(_cfg("score.params.nonextreme_max_gradient.drop_fraction=0.2"), fresh)
+    assert [w.name for w in changed.todo] == ["nonextreme_max_gradient"]
+    assert [w.name for w in score.plan(_cfg("score.fractions=[0.2]"), fresh).todo] == list(cfg.score.methods)
+    thresholds = pd.read_parquet(fresh.url(layout.analysis("gradsim_thresholds")))
+    assert thresholds.groupby("epoch").size().to_dict() == {1: 4, 2: 4}  # 4 classes at each factor epoch
 
 
 @pytest.mark.ray
@@ -40,7 +83,7 @@ def test_every_method_fraction_seed_has_its_exact_subset(study: StudyRoot) -> No
     split = pd.read_parquet(study.url(layout.SPLIT))
     train_ids = set(split.sample_id[split.split == "train"])
     subsets = pd.read_parquet(study.url(layout.SUBSETS))
-    for (method, fraction, seed), rows in subsets.groupby(["method", "fraction", "seed"]):
+    for (method, fraction, _seed), rows in subsets.groupby(["method", "fraction", "seed"]):
         assert len(rows) == global_budget(len(train_ids), fraction), (method, fraction)
         assert set(rows.sample_id) <= train_ids and rows.sample_id.is_unique
     assert set(subsets.method) == set(cfg.score.methods) and subsets.seed.nunique() == 2
@@ -68,17 +111,18 @@ def test_every_method_fraction_seed_has_its_exact_subset(study: StudyRoot) -> No
     assert again.computed == [] and sorted(again.skipped) == sorted(cfg.score.methods)
 
 
-@pytest.mark.ray
-def test_missing_norm_column_is_a_clear_error(study: StudyRoot, tmp_path) -> None:
+def test_missing_norm_column_is_a_clear_error(fresh: StudyRoot, tmp_path: Path) -> None:
     cfg = _cfg("gradients.norms=[l2]", "score.norm=l1_all", "score.methods=[max_gradient]")
-    with pytest.raises(ValueError, match="gradient table lacks \\['l1_all'\\]"):
-        run_score(cfg, study, dict(ray.cluster_resources()))
-    with pytest.raises(ValueError, match="no gradient table"):
-        run_score(cfg, StudyRoot(str(tmp_path)), {"CPU": 2})
+    (work,) = score.plan(cfg, fresh).todo
+    with pytest.raises(StageError, match="gradient table lacks \\['l1_all'\\]"):
+        score.read_inputs(fresh, work.method.inputs())
+    with pytest.raises(StageError, match="no gradient table"):
+        score.plan(cfg, StudyRoot(str(tmp_path / "empty")))
 
 
 @pytest.mark.ray
 def test_changed_settings_rescore_only_that_method(study: StudyRoot) -> None:
     run_score(_cfg(), study, dict(ray.cluster_resources()))
-    again = run_score(_cfg("score.drop_fraction=0.2"), study, dict(ray.cluster_resources()))
+    again = run_score(_cfg("score.params.nonextreme_max_gradient.drop_fraction=0.2"), study,
+                      dict(ray.cluster_resources()))
     assert again.computed == ["nonextreme_max_gradient"]

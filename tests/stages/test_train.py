@@ -1,4 +1,4 @@
-"""Source training in-process: accuracy on real MNIST, checkpoints every epoch, resume."""
+"""Source training in-process: accuracy on real MNIST, checkpoints every epoch, the resume plan."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,15 +6,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from studies import synthetic_study
 
 from coreset import layout
 from coreset.checkpoints import load_checkpoint
 from coreset.config import load_config
-from coreset.stages.train import read_source_result, train_source
+from coreset.stages.train import plan, read_source_result, train_source
 from coreset.storage import StudyRoot
-from studies import synthetic_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_short_mnist_training_reaches_97_percent(tmp_path: Path, shared_data: Path) -> None:
@@ -43,6 +43,7 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path: Path) -> None:
     train_source(_synthetic(3), full)
 
     cut = StudyRoot(str(tmp_path / "cut"))
+    assert (plan(_synthetic(3), cut).epochs_done, plan(_synthetic(3), cut).finished) == (0, False)
 
     def stop_after_first(metrics: dict) -> None:
         if metrics["epoch"] == 1:
@@ -52,7 +53,11 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path: Path) -> None:
         train_source(_synthetic(3), cut, report=stop_after_first)
     assert read_source_result(cut) is None
     assert sorted(cut.list("source/checkpoints")) == ["epoch=0000.pt", "epoch=0001.pt", "resume.pt"]
+    left = plan(_synthetic(3), cut)
+    assert (left.epochs, left.epochs_done, left.finished) == (3, 1, False)
     train_source(_synthetic(3), cut)
+    done = plan(_synthetic(3), cut)
+    assert done.finished and done.epochs_done == 3 and done.result == read_source_result(cut)
 
     a = load_checkpoint(full, layout.checkpoint(3))["model"]
     b = load_checkpoint(cut, layout.checkpoint(3))["model"]

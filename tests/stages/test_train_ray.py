@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from studies import synthetic_study
 
 from coreset.cluster.train import run_train
 from coreset.config import load_config
 from coreset.storage import StudyRoot
-from studies import synthetic_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

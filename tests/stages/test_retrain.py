@@ -1,0 +1,48 @@
+"""The retrain stage in-process: its resume plan (the grid less the trials with a row under the
+same settings) and one trial's training; Tune runs trials in tests/test_faults.py and the e2e test."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from studies import synthetic_study
+
+from coreset.data import load_datasets, split_ids
+from coreset.errors import StageError
+from coreset.stages.retrain import Trial, plan, retrain, subset_ids
+from coreset.stages.train import load_split
+from coreset.storage import StudyRoot
+from coreset.tables import write_table
+
+
+def _cfg(*extra: str):
+    return synthetic_study("retrain", "data.synthetic_size=200", "score.methods=[random, max_gradient]",
+                           "score.fractions=[0.1, 0.5]", "score.seeds=[0, 1]", "retrain.policy=steps",
+                           "retrain.steps=6", "retrain.evaluations=2", "retrain.methods=[random]", *extra)
+
+
+def test_plan_is_the_grid_less_finished_trials(tmp_path: Path) -> None:
+    cfg, root = _cfg(), StudyRoot(str(tmp_path))
+    work = plan(cfg, root)
+    assert len(work.grid) == 1 * 2 * 2 + 2 and work.pending == work.grid  # random x fractions x seeds + full x seeds
+    full = Trial("full", 1.0, 0, "mnist_cnn")
+    assert full in work.grid
+
+    datasets = load_datasets(cfg.data)
+    train_ids = split_ids(load_split(cfg, root, datasets), "train")
+    row = retrain(cfg, datasets, full, subset_ids(full, pd.DataFrame(), train_ids))
+    assert row["n_train"] == len(train_ids) and row["steps"] == 6 and 0.0 <= row["test_acc"] <= 1.0
+    write_table(root, work.row_path(full), pd.DataFrame([row]), "accuracy")
+
+    again = plan(cfg, root)
+    assert full not in again.pending and len(again.pending) == len(work.grid) - 1
+    assert plan(_cfg("train.lr=0.01"), root).pending == work.grid  # other settings: rows are not reused
+
+
+def test_a_trial_without_its_subset_is_a_clear_error() -> None:
+    subsets = pd.DataFrame({"method": ["random"] * 3, "fraction": [0.5] * 3, "seed": [0] * 3, "sample_id": [4, 1, 9]})
+    assert np.array_equal(subset_ids(Trial("random", 0.5, 0, "mnist_cnn"), subsets, np.arange(10)), [1, 4, 9])
+    with pytest.raises(StageError, match="no subset for random at fraction 0.1 seed 0; run jobs/score.py"):
+        subset_ids(Trial("random", 0.1, 0, "mnist_cnn"), subsets, np.arange(10))
