@@ -21,7 +21,8 @@ from coreset.config import ConfigError, StudyConfig, config_from_dict, load_conf
 from coreset.storage import StorageError, StudyRoot
 
 # Sections whose change makes an existing study root a different study.
-_IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "model.name", "model.pretrained")
+_IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "data.classes",
+                 "data.transpose", "model.name", "model.pretrained")
 
 
 @dataclass
