@@ -23,7 +23,8 @@ from coreset.errors import ConfigError, UserError
 from coreset.storage import StudyRoot
 
 # Sections whose change makes an existing study root a different study.
-_IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "model.name", "model.pretrained")
+_IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "data.classes",
+                 "data.transpose", "model.name", "model.pretrained")
 
 
 @dataclass

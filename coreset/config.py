@@ -29,7 +29,7 @@ from coreset.errors import ConfigError
 __all__ = ["ConfigError", "DataConfig", "GradientsConfig", "ModelConfig", "RetrainConfig", "ScoreConfig",
            "StudyConfig", "TrainConfig", "config_from_dict", "load_config"]
 
-DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"]
+DatasetName = Literal["mnist", "fashion_mnist", "idx", "cifar10", "cifar100", "imagefolder", "synthetic"]
 DATASETS = allowed(DatasetName)
 
 
@@ -37,10 +37,17 @@ DATASETS = allowed(DatasetName)
 class DataConfig:
     """Where the images come from and how the train split is cut.
 
-    ``root`` is a directory holding the dataset in torchvision's layout, an ImageFolder
-    tree (``train/`` and ``val/`` or ``test/``), or an archive of one (``.tar.gz``); the
-    shared ``../shared/data`` folder works for mnist and cifar10 (JPEG). Nothing is
-    downloaded unless ``download`` is true.
+    ``root`` is a directory holding the dataset in torchvision's layout, the four official
+    IDX files (``.gz`` or not, in ``root`` or ``root/<name>``) of mnist, fashion_mnist or
+    any ``idx`` set, an ImageFolder tree (``train/`` and ``val/`` or ``test/``), or an
+    archive of one (``.tar.gz``); the shared ``../shared/data`` folder works for mnist and
+    cifar10 (JPEG). Nothing is downloaded unless ``download`` is true.
+
+    ``name: idx`` loads any dataset shipped as IDX files (KMNIST; EMNIST, whose names carry
+    a prefix such as ``emnist-balanced-``, one set per folder): IDX files hold no class
+    names, so ``classes`` names them (label ``i`` is ``classes[i]``; every label in the files
+    must have a name). ``transpose`` swaps rows and columns of each image, for EMNIST, which
+    stores its images transposed.
 
     ``corrupt`` says what an image PIL cannot decode (truncated, garbled, empty, not an
     image) does to a folder dataset: ``fail`` (default) stops the job with one line naming
@@ -65,6 +72,8 @@ class DataConfig:
     corrupt: Literal["fail", "skip"] = "fail"  # unreadable images: stop naming the file, or leave them out
     synthetic_size: int = 512  # train images of the synthetic set
     synthetic_classes: int = 4
+    classes: tuple[str, ...] = ()  # data.name=idx: the class names, label i is classes[i]
+    transpose: bool = False  # data.name=idx: images stored transposed (EMNIST)
 
     def validate(self) -> None:
         check_literals(self, "data.")
@@ -75,6 +84,12 @@ class DataConfig:
         at_least("data.synthetic_classes", self.synthetic_classes, 2)
         if self.max_decoded_gb < 0:
             raise ConfigError(f"data.max_decoded_gb must be >= 0, got {self.max_decoded_gb}")
+        if self.name == "idx" and not self.classes:
+            raise ConfigError("data.name=idx needs data.classes: the class names, label i is classes[i]")
+        if self.name != "idx" and (self.classes or self.transpose):
+            raise ConfigError(f"data.classes and data.transpose apply only to data.name=idx, not {self.name}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"data.classes must name each class once, got {list(self.classes)}")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def load_datasets(cfg: DataConfig) -> Datasets:
     train, test = load_splits(cfg)
     if len(train) == 0 or len(test) == 0:
         raise DataError(f"{cfg.name} under {cfg.root} has an empty split")
-    return Datasets(cfg, train, test, native_size(cfg))
+    return Datasets(cfg, train, test, native_size(cfg, train))
 
 
 __all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "split_ids", "train_val_split"]

@@ -1,17 +1,17 @@
 """Find a dataset under ``data.root`` and load its train and test splits.
 
-Resolution order for each name: torchvision's own format (its classes, downloading
-only when ``download`` is true), then an ImageFolder tree, then an archive of one
-(extracted once into the cache, never into the repository). The shared data folder of
-this project holds MNIST's official files and JPEG archives of CIFAR-10 and
-Tiny-ImageNet-10, all of which resolve here.
+Resolution order for each name: the official IDX files of MNIST-like sets (read by
+:mod:`coreset.data.idx`; ``idx`` names any such set, whose classes the config lists), then
+torchvision's own format (its classes, downloading only when ``download`` is true), then
+an ImageFolder tree, then an archive of one (extracted once into the cache, never into
+the repository). The shared data folder of this project holds MNIST's official files and
+JPEG archives of CIFAR-10 and Tiny-ImageNet-10, all of which resolve here.
 
 Unreadable images in a folder follow ``data.corrupt`` (see :class:`DataConfig`): ``fail``
 names the file, ``skip`` leaves it out before sample ids are assigned.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -25,6 +25,7 @@ import torch
 import torchvision
 
 from coreset.config import DataConfig
+from coreset.data.idx import IDX_FILES, find_idx_files, idx_splits
 from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
 from coreset.storage import StorageError, StudyRoot
 
@@ -37,6 +38,8 @@ _TORCHVISION = {
     "cifar10": ("CIFAR10", 3, 32),
     "cifar100": ("CIFAR100", 3, 32),
 }
+# the torchvision datasets whose official files are IDX, with torchvision's class names
+_IDX_CLASSES = {"mnist": torchvision.datasets.MNIST.classes, "fashion_mnist": torchvision.datasets.FashionMNIST.classes}
 _ARCHIVES = {"cifar10": "cifar10-jpg.tar.gz", "cifar100": "cifar100-jpg.tar.gz"}
 _TEST_DIRS = ("test", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -46,10 +49,13 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(os.path.expanduser(cfg.cache_dir or os.environ.get("CORESET_CACHE", "~/.cache/coreset")))
 
 
-def native_size(cfg: DataConfig) -> int:
-    """The image size models see: the config's, or the dataset's native one."""
+def native_size(cfg: DataConfig, train: ImageSet | None = None) -> int:
+    """The image size models see: the config's, or the dataset's native one (an ``idx``
+    set's is only known from its ``train`` images: the larger side)."""
     if cfg.image_size:
         return cfg.image_size
+    if cfg.name == "idx" and train is not None and train.images is not None:
+        return int(max(train.images.shape[-2:]))
     if cfg.name in _TORCHVISION:
         return _TORCHVISION[cfg.name][2]
     return 16 if cfg.name == "synthetic" else 224
@@ -66,13 +72,18 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
         raise DataError(f"data.root {root} does not exist; set data.root to the folder that holds {cfg.name}")
     if root.is_dir() and not any(root.iterdir()) and not cfg.download:
         raise DataError(f"data.root {root} is an empty folder; set data.root to the folder that holds {cfg.name}")
+    if cfg.name == "idx" or cfg.name in _IDX_CLASSES:
+        files = _idx_files(cfg, root)
+        if files is not None:
+            classes = list(cfg.classes) if cfg.name == "idx" else list(_IDX_CLASSES[cfg.name])
+            return idx_splits(files, classes, cfg.transpose)
     if cfg.name in _TORCHVISION:
         found = _torchvision_splits(cfg, root)
         if found is not None:
             return found
     folder = _find_folder(cfg, root)
     if folder is None:
-        raise DataError(f"no {cfg.name} data under {root} (looked for torchvision files, an ImageFolder tree and an archive); "
+        raise DataError(f"no {cfg.name} data under {root} (looked for IDX files, torchvision files, an ImageFolder tree and an archive); "
                         f"set data.root, or data.download=true where torchvision can download it")
     channels = _TORCHVISION[cfg.name][1] if cfg.name in _TORCHVISION else 3
     return _folder_splits(cfg, folder, channels)
@@ -84,12 +95,9 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
 def _torchvision_splits(cfg: DataConfig, root: Path) -> tuple[ImageSet, ImageSet] | None:
     cls_name, channels, _ = _TORCHVISION[cfg.name]
     cls = getattr(torchvision.datasets, cls_name)
-    tv_root = root
-    if cfg.name == "mnist" and (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        tv_root = _stage_mnist_gz(root / "mnist", cache_dir(cfg))
     try:
-        train = cls(str(tv_root), train=True, download=cfg.download)
-        test = cls(str(tv_root), train=False, download=cfg.download)
+        train = cls(str(root), train=True, download=cfg.download)
+        test = cls(str(root), train=False, download=cfg.download)
     except RuntimeError:
         if cfg.download:
             raise
@@ -105,18 +113,16 @@ def _from_torchvision(ds: torchvision.datasets.VisionDataset, channels: int) -> 
     return ImageSet(labels=labels, classes=list(ds.classes), channels=channels, images=images.contiguous())  # type: ignore[attr-defined]
 
 
-def _stage_mnist_gz(src: Path, cache: Path) -> Path:
-    """Decompress the official MNIST .gz files into torchvision's ``MNIST/raw`` layout."""
-    raw = cache / "torchvision" / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for gz in src.glob("*-ubyte.gz"):
-        target = raw / gz.name[: -len(".gz")]
-        if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            with gzip.open(gz, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            tmp.replace(target)
-    return cache / "torchvision"
+def _idx_files(cfg: DataConfig, root: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``root`` or ``root/<name>``; an ``idx`` set is found nowhere else."""
+    for folder in (root, root / cfg.name):
+        files = find_idx_files(folder)
+        if files is not None:
+            return files
+    if cfg.name == "idx":
+        raise DataError(f"no IDX files under {root} (looked for {', '.join(IDX_FILES.values())}, "
+                        f"each .gz or not, after an optional common prefix); set data.root to their folder")
+    return None
 
 
 # --------------------------------------------------------------------------- folders and archives

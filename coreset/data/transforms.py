@@ -14,6 +14,7 @@ import torch.nn.functional as F
 _STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
+    "idx": ((0.1307,), (0.3081,)),  # KMNIST, EMNIST: MNIST-like strokes on black (their own: ~0.18, ~0.34)
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -22,6 +23,7 @@ _STATS = {
 AUGMENTATION = {
     "mnist": "none",
     "fashion_mnist": "none",
+    "idx": "none",
     "cifar10": "crop_flip",
     "cifar100": "crop_flip",
     "imagefolder": "resized_crop_flip",
