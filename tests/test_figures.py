@@ -300,3 +300,19 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
             "assert 'matplotlib.pyplot' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "check.png")], check=True, cwd=REPO,
                    env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def test_empty_tables_are_refused_with_a_clear_error(tmp_path: Path, rng) -> None:
+    split = pd.DataFrame({"sample_id": np.arange(10), "label": np.arange(10) % 2})
+    subsets = pd.DataFrame({"method": [], "fraction": [], "seed": [], "sample_id": []})
+    calls = [
+        lambda p: batch_bound(batch_bound_table(rng).iloc[:0], p),
+        lambda p: label_entropy(pd.DataFrame(columns=["method", "fraction", "entropy"]), 10, p),
+        lambda p: topk_overlap(pd.DataFrame(columns=["k", "overlap", "random_baseline"]), p),
+        lambda p: thresholds(thresholds_table(rng, 2).iloc[:0], p),
+        lambda p: subset_composition(subsets, split, p),
+    ]
+    for i, call in enumerate(calls):
+        with pytest.raises(ValueError, match="nothing to plot"):
+            call(tmp_path / f"{i}.png")
+        assert not (tmp_path / f"{i}.png").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from coreset.figures.canvas import Rendered, colours, finite, panels, require, save
+from coreset.figures.canvas import Rendered, colours, finite, panels, percent_axis, require, save
 
 COLUMNS = ("method", "fraction", "seed", "target_model", "test_acc")
 FULL = "full"
@@ -51,9 +51,9 @@ def accuracy_vs_fraction(accuracy: pd.DataFrame, path: str | Path) -> Rendered:
             mean, std = 100 * full["mean"].iloc[0], 100 * full["std"].iloc[0]
             ax.axhline(mean, color="black", ls="--", lw=1, label=f"full data ({mean:.1f}%)")
             ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, lw=0)
-        ax.set_xscale("log")
+        percent_axis(ax)
         ax.set_title(f"retrained: {target}")
-        ax.set_xlabel("fraction of training set")
+        ax.set_xlabel("subset size (share of the training set)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
     axes[0].set_ylabel("top-1 test accuracy (%)")

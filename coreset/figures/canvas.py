@@ -16,6 +16,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 PANEL_WIDTH, PANEL_HEIGHT, MAX_COLS, DPI = 4.6, 3.6, 3, 120
 
@@ -75,3 +76,9 @@ def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows whose ``column`` is a finite number (partial tables carry NaN for unfinished work)."""
     values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
     return table[np.isfinite(values)]
+
+
+def percent_axis(ax: Axes) -> None:
+    """A log x axis of fractions labelled in percent of the training set, as the papers do."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.10g}%"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
 
 from coreset.figures.canvas import Rendered, finite, panels, require, save
 
@@ -96,6 +97,8 @@ def trajectory_heatmap(trajectory: pd.DataFrame, path: str | Path, column: str =
     cmap = colormaps["gray"].with_extremes(bad="tab:red")
     image = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(matrix.to_numpy()), cmap=cmap)
     ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(image, ax=ax, label=f"−log10 {column}  (black: large gradient)")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"probe image (rank by final {column})")

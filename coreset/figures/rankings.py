@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coreset.figures.canvas import Rendered, colours, finite, panels, require, save
+from coreset.figures.canvas import Rendered, colours, finite, panels, percent_axis, require, save
 
-AXIS = {"fraction": "fraction of training set in the top-k", "k": "k (top-k images)"}
+AXIS = {"fraction": "top-k as a share of the training set", "k": "k (top-k images)"}
 
 
 def label_entropy(entropy: pd.DataFrame, num_classes: int, path: str | Path, x: str = "fraction") -> Rendered:
@@ -37,7 +37,10 @@ def label_entropy(entropy: pd.DataFrame, num_classes: int, path: str | Path, x: 
         ax.plot(curve[x], curve["entropy"], marker="o", ms=3, color=colour[method], label=method)
     baseline = float(np.log2(num_classes))
     ax.axhline(baseline, color="black", ls="--", lw=1, label=f"uniform labels: log2({num_classes}) = {baseline:.2f}")
-    ax.set_xscale("log")
+    if x == "fraction":
+        percent_axis(ax)
+    else:
+        ax.set_xscale("log")
     ax.set_ylim(0, baseline * 1.08 if baseline > 0 else 1)
     ax.set_xlabel(AXIS[x])
     ax.set_ylabel("label entropy of the top-k (bits)")

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from coreset.figures.canvas import Rendered, colours, finite, panels, require, save
 
@@ -40,6 +41,7 @@ def thresholds(gradsim_thresholds: pd.DataFrame, path: str | Path) -> Rendered:
     if not few:
         ax.plot(phi.columns, phi.median(), color="black", lw=2, label=f"median of {len(phi)} classes")
     ax.set_xlabel("checkpoint (epoch)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("similarity threshold Φ (cosine)")
     ax.set_title("GradSimCore Φ per class and checkpoint")
     ax.grid(True, alpha=0.3)
