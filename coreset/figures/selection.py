@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from coreset.figures.canvas import Rendered, colours, finite, panels, require, save
 
-LEGEND_CLASSES = 10
+LEGEND_CLASSES, TICK_CLASSES = 10, 20
 
 
 def thresholds(gradsim_thresholds: pd.DataFrame, path: str | Path) -> Rendered:
@@ -82,7 +82,7 @@ def subset_composition(subsets: pd.DataFrame, split_labels: pd.DataFrame, path: 
 
     ``split_labels`` maps ``sample_id`` to ``label`` (``split.parquet``); ``class_names``
     (indexed by label) name the bars. The dashed line is a perfectly balanced subset of the
-    same size. ``data`` is :func:`composition`.
+    same size. Beyond TICK_CLASSES classes the bars go unnamed. ``data`` is :func:`composition`.
     """
     table = composition(subsets, split_labels)
     if class_names is not None and len(table) and len(class_names) <= table["label"].max():
@@ -103,10 +103,11 @@ def subset_composition(subsets: pd.DataFrame, split_labels: pd.DataFrame, path: 
                    yerr=bars["std"], color=colour[method], label=method, error_kw={"lw": 0.6})
         size = rows.groupby("method")["count"].sum().mean()
         ax.axhline(size / len(classes), color="black", ls="--", lw=1, label="balanced")
-        names = [class_names[c] if class_names is not None else str(c) for c in classes]
-        if len(classes) <= 20:
-            ax.set_xticks(np.arange(len(classes)), names, rotation=45 if class_names is not None else 0,
-                          ha="right" if class_names is not None else "center", fontsize="small")
+        named = class_names is not None
+        if len(classes) <= TICK_CLASSES:
+            names = [str(class_names[c]) if named else str(c) for c in classes]
+            ax.set_xticks(np.arange(len(classes)), names, rotation=45 if named else 0,
+                          ha="right" if named else "center", fontsize="small")
         else:
             ax.set_xticks([])
         ax.set_title(f"fraction {fraction:g} (~{size:.0f} images)")
