@@ -1,0 +1,116 @@
+"""What the selection stage chose: GradSimCore's thresholds and each subset's classes.
+
+GradSimCore (Eq. 5) counts class-mates whose gradient cosine exceeds Φ; this study sets Φ per
+class and checkpoint from a quantile (``coreset.similarity.threshold``), so the figure shows
+how Φ moves as training proceeds. The class composition of each method's subset is the
+per-class view of the gradient-magnitude paper's Fig. 7: GradSimCore is balanced by
+construction, Max-Gradient need not be.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from coreset.figures.canvas import Rendered, colours, finite, panels, require, save
+
+LEGEND_CLASSES, TICK_CLASSES = 10, 20
+
+
+def thresholds(gradsim_thresholds: pd.DataFrame, path: str | Path) -> Rendered:
+    """Φ_c,t per class c (one line each) over the checkpoints t, and each class's size n.
+
+    With more than LEGEND_CLASSES classes the lines are grey and the median over classes is
+    drawn on top instead of a legend. ``data``: Φ as a label × epoch table.
+    """
+    require(gradsim_thresholds, ("epoch", "label", "threshold", "n"), "gradsim_thresholds")
+    table = finite(gradsim_thresholds, "threshold")
+    if table.duplicated(["label", "epoch"]).any():
+        raise ValueError("gradsim_thresholds has several rows for one (label, epoch)")
+    phi = table.pivot(index="label", columns="epoch", values="threshold").sort_index().sort_index(axis=1)
+    fig, axes = panels(2 if len(phi) else 0, width=5.2, height=3.8)
+    ax, sizes = axes
+    few = len(phi) <= LEGEND_CLASSES
+    colour = colours([str(c) for c in phi.index])
+    for label, row in phi.iterrows():
+        ax.plot(phi.columns, row, marker="o", ms=3, lw=1 if few else 0.6,
+                color=colour[str(label)] if few else "0.7", label=f"class {label}" if few else None)
+    if not few:
+        ax.plot(phi.columns, phi.median(), color="black", lw=2, label=f"median of {len(phi)} classes")
+    ax.set_xlabel("checkpoint (epoch)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("similarity threshold Φ (cosine)")
+    ax.set_title("GradSimCore Φ per class and checkpoint")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2, loc="best")
+    last = table[table["epoch"] == table["epoch"].max()].sort_values("label")
+    sizes.bar(last["label"].astype(str), last["n"], color="tab:blue")
+    sizes.set_xlabel("class")
+    sizes.set_ylabel("samples n")
+    sizes.set_title(f"class sizes at epoch {table['epoch'].max()}")
+    if not few:
+        sizes.set_xticks([])
+    return save(fig, path, phi)
+
+
+def composition(subsets: pd.DataFrame, split_labels: pd.DataFrame) -> pd.DataFrame:
+    """Images per class in each (method, fraction) subset, mean and std over seeds.
+
+    Every class of ``split_labels`` appears, with 0 where a subset holds none of it.
+    """
+    require(subsets, ("method", "fraction", "seed", "sample_id"), "subsets")
+    require(split_labels, ("sample_id", "label"), "split_labels")
+    labels = split_labels.drop_duplicates("sample_id").set_index("sample_id")["label"]
+    unknown = np.setdiff1d(subsets["sample_id"].unique(), labels.index)
+    if unknown.size:
+        raise ValueError(f"{unknown.size} subset sample_ids have no label, e.g. {unknown[:5].tolist()}")
+    counts = (subsets.assign(label=labels.loc[subsets["sample_id"]].to_numpy())
+              .groupby(["method", "fraction", "seed", "label"]).size().unstack("label", fill_value=0)
+              .reindex(columns=np.sort(labels.unique()), fill_value=0).stack().rename("count").reset_index())
+    g = counts.groupby(["fraction", "method", "label"])["count"]
+    out = g.agg(count="mean", std="std", seeds="size").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def subset_composition(subsets: pd.DataFrame, split_labels: pd.DataFrame, path: str | Path,
+                       class_names: Sequence[str] | None = None) -> Rendered:
+    """Grouped bars of images per class (mean ± std over seeds), one panel per fraction.
+
+    ``split_labels`` maps ``sample_id`` to ``label`` (``split.parquet``); ``class_names``
+    (indexed by label) name the bars. The dashed line is a perfectly balanced subset of the
+    same size. Beyond TICK_CLASSES classes the bars go unnamed. ``data`` is :func:`composition`.
+    """
+    table = composition(subsets, split_labels)
+    if class_names is not None and len(table) and len(class_names) <= table["label"].max():
+        raise ValueError(f"class_names has {len(class_names)} names but labels go up to {table['label'].max()}")
+    fractions = sorted(table["fraction"].unique())
+    fig, axes = panels(len(fractions), width=6.0, height=3.8)
+    methods = sorted(table["method"].unique())
+    colour = colours(methods)
+    for ax, fraction in zip(axes, fractions):
+        rows = table[table["fraction"] == fraction]
+        classes = np.sort(rows["label"].unique())
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            bars = rows[rows["method"] == method].set_index("label").reindex(classes)
+            if bars["count"].isna().all():
+                continue
+            ax.bar(np.arange(len(classes)) + (i - (len(methods) - 1) / 2) * width, bars["count"], width,
+                   yerr=bars["std"], color=colour[method], label=method, error_kw={"lw": 0.6})
+        size = rows.groupby("method")["count"].sum().mean()
+        ax.axhline(size / len(classes), color="black", ls="--", lw=1, label="balanced")
+        named = class_names is not None
+        if len(classes) <= TICK_CLASSES:
+            names = [str(class_names[c]) if named else str(c) for c in classes]
+            ax.set_xticks(np.arange(len(classes)), names, rotation=45 if named else 0,
+                          ha="right" if named else "center", fontsize="small")
+        else:
+            ax.set_xticks([])
+        ax.set_title(f"fraction {fraction:g} (~{size:.0f} images)")
+        ax.set_ylabel("images in subset")
+        ax.legend(fontsize="x-small", ncol=2)
+    return save(fig, path, table)
