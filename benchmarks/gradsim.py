@@ -6,37 +6,40 @@
     float64 counts at Φ + 1e-6 and Φ − 1e-6 (with 12.5M pairs per class, dozens of pairs lie
     that close to Φ, so backends legitimately differ by one on a few samples).
 (b) ImageNet shape (1,000 classes × 1,300, C=1,000, D=512): the path GradSimCore takes per
-    class (exact 0.9-quantile Φ and counts from one Gram pass), run in a subprocess so its peak
-    RSS (ru_maxrss) is measured. Each class's factors are generated on the fly as float16 (as
-    stored in the gradient table), so memory is that of scoring, not of holding the table.
+    class (exact 0.9-quantile Φ and counts from one Gram pass), run in a fresh subprocess so
+    its peak RSS is measured (the process tree's, by the rule in harness.py). Each class's
+    factors are generated on the fly as float16 (as stored in the gradient table), so memory
+    is that of scoring, not of holding the table.
 
 Synthetic but realistic factors: h = relu(N(μ_c, 1)) (non-negative pooled features with a
 class component), err = softmax(logits) − onehot(c) with logits favouring c.
-``--classes`` runs a subset and extrapolates linearly to the full class count.
+``--classes`` runs a subset and extrapolates linearly to the full class count;
+``--n-per-class`` and ``--dim`` shrink the shape (for a smoke run; the figures in NOTES.md
+are at the default shapes).
 
-    python jobs/bench_gradsim.py --part all
-    python jobs/bench_gradsim.py --part imagenet --classes 50 --device cuda
+    python benchmarks/gradsim.py --part all
+    python benchmarks/gradsim.py --part imagenet --classes 50 --device cuda
+
+Writes gradsim_<part>.parquet.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+import harness
+from coreset.cli import fail
 from coreset.similarity import choose_backend, count_similar, quantile_threshold
 from coreset.similarity.factors import as_tensor
 from coreset.similarity.threshold import count_at_quantile
 
 QUANTILE = 0.9
 TIE = 1e-6
+CIFAR = {"classes": 10, "n": 5000}  # full class count and samples per class of each part
+IMAGENET = {"classes": 1000, "n": 1300}
 
 
 def class_factors(c: int, n: int, n_classes: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +64,10 @@ def sklearn_counts(err: torch.Tensor, emb: torch.Tensor, phi: float) -> np.ndarr
     return np.array([len(h) for h in hits], dtype=np.int64) - 1  # minus self
 
 
-def bench_cifar(classes: int, seed: int) -> pd.DataFrame:
-    n, n_classes, dim = 5000, 10, 512
+def bench_cifar(classes: int, n: int, dim: int, seed: int) -> pd.DataFrame:
+    import sklearn.neighbors  # noqa: F401  imported here, before the clock starts, not in the first timed call
+
+    n_classes = CIFAR["classes"]
     times = {"sklearn": 0.0, "faiss": 0.0, "gram": 0.0}
     mismatched = {"faiss": 0, "gram": 0}
     outside = dict.fromkeys(times, 0)  # samples whose count is off by more than pairs within TIE of Φ
@@ -71,9 +76,9 @@ def bench_cifar(classes: int, seed: int) -> pd.DataFrame:
         phi = quantile_threshold(err, emb, QUANTILE)
         counts = {}
         for name in times:
-            t0 = time.perf_counter()
-            counts[name] = sklearn_counts(err, emb, phi) if name == "sklearn" else count_similar(err, emb, phi, name)
-            times[name] += time.perf_counter() - t0
+            counts[name], seconds = harness.timed(
+                lambda: sklearn_counts(err, emb, phi) if name == "sklearn" else count_similar(err, emb, phi, name))
+            times[name] += seconds
         lo = count_similar(err, emb, phi + TIE, "gram", dtype=torch.float64)
         hi = count_similar(err, emb, phi - TIE, "gram", dtype=torch.float64)
         for name in times:
@@ -81,79 +86,79 @@ def bench_cifar(classes: int, seed: int) -> pd.DataFrame:
         for name in mismatched:
             mismatched[name] += int((counts[name] != counts["sklearn"]).sum())
         print(f"  cifar class {c}: Φ={phi:.4f} " + " ".join(f"{k}={v:.1f}s" for k, v in times.items()), flush=True)
-    scale = 10 / classes
+    scale = n_classes / classes
     return pd.DataFrame(
         [
             {
                 "part": "cifar10", "backend": name, "device": "cpu", "classes_run": classes, "n_per_class": n,
                 "C": n_classes, "D": dim, "seconds": t, "seconds_full": t * scale,
-                "speedup_vs_sklearn": times["sklearn"] / t, "samples_differing_from_sklearn": mismatched.get(name, 0), "samples_outside_tie_bounds": outside[name],
+                "speedup_vs_sklearn": times["sklearn"] / t, "samples_differing_from_sklearn": mismatched.get(name, 0),
+                "samples_outside_tie_bounds": outside[name],
             }
             for name, t in times.items()
         ]
     )
 
 
-def imagenet_worker(classes: int, seed: int, device: str) -> dict:
-    n, n_classes, dim = 1300, 1000, 512
+def imagenet_worker(classes: int, n: int, dim: int, seed: int, device: str) -> None:
+    """Subprocess body of the ImageNet part: score ``classes`` classes, reply with the seconds."""
+    n_classes = IMAGENET["classes"]
     scoring, generating = 0.0, 0.0
     options = choose_backend(n, n_classes, dim)[1] if device == "auto" else {"device": device}
+    sync = harness.cuda_sync(str(options["device"]))
     for c in range(classes):
-        t0 = time.perf_counter()
-        err, emb = class_factors(c, n, n_classes, dim, seed)
-        t1 = time.perf_counter()
-        count_at_quantile(err, emb, QUANTILE, **options)
-        if options["device"] == "cuda":
-            torch.cuda.synchronize()
-        scoring += time.perf_counter() - t1
-        generating += t1 - t0
-    return {"seconds": scoring, "generate_seconds": generating, "device": str(options["device"])}
+        (err, emb), seconds = harness.timed(lambda: class_factors(c, n, n_classes, dim, seed))
+        generating += seconds
+        scoring += harness.timed(lambda: count_at_quantile(err, emb, QUANTILE, **options), sync)[1]
+    harness.reply({"seconds": scoring, "generate_seconds": generating, "device": str(options["device"])})
 
 
-def bench_imagenet(classes: int, seed: int, device: str, threads: int) -> pd.DataFrame:
-    cmd = [sys.executable, __file__, "--part", "imagenet-worker", "--classes", str(classes), "--seed", str(seed), "--device", device, "--threads", str(threads)]
-    wall0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    wall = time.perf_counter() - wall0
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
-    result = json.loads(out.strip().splitlines()[-1])
-    scale = 1000 / classes
+def bench_imagenet(classes: int, n: int, dim: int, seed: int, device: str, threads: int) -> pd.DataFrame:
+    cmd = [sys.executable, __file__, "--part", "imagenet-worker", "--classes", str(classes), "--n-per-class", str(n),
+           "--dim", str(dim), "--seed", str(seed), "--device", device, "--threads", str(threads)]
+    probe = harness.run_probe(cmd)
+    result = probe.payload
+    scale = IMAGENET["classes"] / classes
     return pd.DataFrame(
         [
             {
-                "part": "imagenet", "backend": "gram (quantile Φ fused)", "device": result["device"], "classes_run": classes,
-                "n_per_class": 1300, "C": 1000, "D": 512, "seconds": result["seconds"], "seconds_full": result["seconds"] * scale,
-                "generate_seconds": result["generate_seconds"], "subprocess_wall_seconds": wall, "peak_rss_mb": peak_mb,
+                "part": "imagenet", "backend": "gram (quantile Φ fused)", "device": result["device"],
+                "classes_run": classes,
+                "n_per_class": n, "C": IMAGENET["classes"], "D": dim, "seconds": result["seconds"],
+                "seconds_full": result["seconds"] * scale, "generate_seconds": result["generate_seconds"],
+                "subprocess_wall_seconds": probe.wall_s, "peak_rss_mb": probe.peak_mib,
             }
         ]
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["cifar", "imagenet", "all", "imagenet-worker"], default="all")
-    parser.add_argument("--classes", type=int, default=None, help="run this many classes and extrapolate")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (ImageNet part)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = harness.parser(__doc__)
+    parser.add_argument("--part", choices=["cifar", "imagenet", "all", "imagenet-worker"], default="all",
+                        help="which shape to run (imagenet-worker is the ImageNet part's subprocess)")
+    parser.add_argument("--classes", type=harness.positive, default=None,
+                        help="run this many classes of each part and extrapolate (default: all)")
+    parser.add_argument("--n-per-class", type=harness.positive, default=None,
+                        help=f"samples per class (default {CIFAR['n']} CIFAR, {IMAGENET['n']} ImageNet)")
+    parser.add_argument("--dim", type=harness.positive, default=512, help="embedding width D")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="device of the ImageNet part")
+    parser.add_argument("--threads", type=harness.positive, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     if args.part == "imagenet-worker":
-        print(json.dumps(imagenet_worker(args.classes, args.seed, args.device)))
-        return
+        return imagenet_worker(args.classes, args.n_per_class, args.dim, args.seed, args.device)
     frames = []
     if args.part in ("cifar", "all"):
-        frames.append(bench_cifar(min(args.classes or 10, 10), args.seed))
+        frames.append(bench_cifar(min(args.classes or CIFAR["classes"], CIFAR["classes"]),
+                                  args.n_per_class or CIFAR["n"], args.dim, args.seed))
     if args.part in ("imagenet", "all"):
-        frames.append(bench_imagenet(min(args.classes or 1000, 1000), args.seed, args.device, args.threads))
+        frames.append(bench_imagenet(min(args.classes or IMAGENET["classes"], IMAGENET["classes"]),
+                                     args.n_per_class or IMAGENET["n"], args.dim, args.seed, args.device, args.threads))
     table = pd.concat(frames, ignore_index=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gradsim_{args.part}.parquet"
-    table.to_parquet(path)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
-    print(f"wrote {path}")
+    harness.write_result(table, f"gradsim_{args.part}", args.out, float_format=lambda x: f"{x:.3g}")
 
 
 if __name__ == "__main__":
