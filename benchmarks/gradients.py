@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
+import harness
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-import harness
 from coreset.cli import fail
 from coreset.gradients import GradientSpec, PerSampleGradients
 from coreset.models import MODELS, InputSpec, build_model
@@ -65,18 +65,18 @@ def pieces(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    def vmap_grad(xs=x, ys=y):
+    def vmap_grad(xs: torch.Tensor = x, ys: torch.Tensor = y) -> torch.Tensor:
         model.eval()
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = dict(model.named_buffers())
 
-        def loss(p, xi, yi):
+        def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
 
         grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ys)
         return sum(g.flatten(1).pow(2).sum(1) for g in grads.values()).sqrt()
 
-    def loop(xs=x, ys=y):
+    def loop(xs: torch.Tensor = x, ys: torch.Tensor = y) -> torch.Tensor:
         model.eval()
         params = [p for p in model.parameters() if p.requires_grad]
         out = []

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import sys
 
+import harness
 import numpy as np
 import pandas as pd
 import torch
 
-import harness
 from coreset.cli import fail
 from coreset.similarity import choose_backend, count_similar, quantile_threshold
 from coreset.similarity.factors import as_tensor
@@ -77,7 +77,8 @@ def bench_cifar(classes: int, n: int, dim: int, seed: int) -> pd.DataFrame:
         counts = {}
         for name in times:
             counts[name], seconds = harness.timed(
-                lambda: sklearn_counts(err, emb, phi) if name == "sklearn" else count_similar(err, emb, phi, name))
+                lambda name=name, err=err, emb=emb, phi=phi:
+                sklearn_counts(err, emb, phi) if name == "sklearn" else count_similar(err, emb, phi, name))
             times[name] += seconds
         lo = count_similar(err, emb, phi + TIE, "gram", dtype=torch.float64)
         hi = count_similar(err, emb, phi - TIE, "gram", dtype=torch.float64)
@@ -107,9 +108,9 @@ def imagenet_worker(classes: int, n: int, dim: int, seed: int, device: str) -> N
     options = choose_backend(n, n_classes, dim)[1] if device == "auto" else {"device": device}
     sync = harness.cuda_sync(str(options["device"]))
     for c in range(classes):
-        (err, emb), seconds = harness.timed(lambda: class_factors(c, n, n_classes, dim, seed))
+        (err, emb), seconds = harness.timed(lambda c=c: class_factors(c, n, n_classes, dim, seed))
         generating += seconds
-        scoring += harness.timed(lambda: count_at_quantile(err, emb, QUANTILE, **options), sync)[1]
+        scoring += harness.timed(lambda err=err, emb=emb: count_at_quantile(err, emb, QUANTILE, **options), sync)[1]
     harness.reply({"seconds": scoring, "generate_seconds": generating, "device": str(options["device"])})
 
 

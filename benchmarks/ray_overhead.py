@@ -18,11 +18,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import harness
 import pandas as pd
 import ray
 import torch
 
-import harness
 from coreset import layout
 from coreset.cli import fail, parse_job_args
 from coreset.cluster.gradients import run_gradients
@@ -30,8 +30,8 @@ from coreset.cluster.job import one_line_errors
 from coreset.cluster.runtime import init_ray
 from coreset.config import StudyConfig
 from coreset.data import load_datasets
-from coreset.stages.gradients import compute_shard, final_epoch, plan
-from coreset.stages.train import load_source_model, read_source_result, recorded_train_ids
+from coreset.stages.gradients import compute_shard, plan, record_manifest
+from coreset.stages.train import load_source_model
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
 
@@ -47,19 +47,15 @@ def scratch_copy(src: Path, parent: str) -> StudyRoot:
 
 
 def in_process(cfg: StudyConfig, root: StudyRoot) -> float:
-    """The stage without Ray: every shard of the final checkpoint computed and written here.
-    Returns the seconds spent computing shards. The one place this benchmark calls the
-    stage modules directly (``run_gradients`` does the same work through actors)."""
+    """The stage without Ray: every shard of its plan computed and written here (what each
+    actor does for its share). Returns the seconds spent computing shards."""
     ds = load_datasets(cfg.data)
-    source = read_source_result(root)
-    if source is None:
-        raise ValueError(f"no finished source training in {root.url()}")
-    epoch = final_epoch(cfg.gradients, source)
-    tasks = plan(recorded_train_ids(root), epoch, (), cfg.gradients.shard_size, source.epochs_run)
-    model = load_source_model(cfg, root, ds, epoch, torch.device("cpu"))
+    work = plan(cfg, root)
+    record_manifest(root, work)
+    model = load_source_model(cfg, root, ds, work.final_epoch, torch.device("cpu"))
     compute_s = 0.0
-    for t in tasks:
-        shard, seconds = harness.timed(lambda: compute_shard(model, ds, t, cfg.gradients, torch.device("cpu")))
+    for t in work.todo:
+        shard, seconds = harness.timed(lambda t=t: compute_shard(model, ds, t, cfg.gradients, torch.device("cpu")))
         write_table(root, t.path, shard, "gradients")
         compute_s += seconds
     return compute_s
@@ -93,7 +89,7 @@ def main() -> None:
             root = scratch_copy(src, scratch)
             wcfg = dataclasses.replace(cfg, gradients=dataclasses.replace(
                 cfg.gradients, workers=workers, cpus_per_worker=max(1, args.threads // workers)))
-            summary, wall = harness.timed(lambda: run_gradients(wcfg, root, {"CPU": args.threads}))
+            summary, wall = harness.timed(lambda wcfg=wcfg, root=root: run_gradients(wcfg, root, {"CPU": args.threads}))
             rows.append({"mode": "ray", "workers": workers, "wall_s": wall, "compute_s": summary.compute_s})
         ray.shutdown()
 

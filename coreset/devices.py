@@ -1,8 +1,7 @@
 """Which device a stage computes on, and its mixed precision: one rule for every stage."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -16,7 +15,7 @@ def pick_device(use_gpu: str) -> torch.device:
     return torch.device("cuda" if use_gpu != "no" and torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device, enabled: bool) -> ContextManager[object]:
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
     """bfloat16 autocast on CUDA (no loss scaling needed); nothing on CPU."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -12,8 +12,17 @@ import pytest
 from matplotlib.image import imread
 
 from coreset.analysis import label_entropy_curve, topk_overlap_curve
-from coreset.figures import (accuracy_vs_fraction, batch_bound, image_grid, label_entropy, percentile_rows,
-                             subset_composition, thresholds, topk_overlap, trajectory_heatmap)
+from coreset.figures import (
+    accuracy_vs_fraction,
+    batch_bound,
+    image_grid,
+    label_entropy,
+    percentile_rows,
+    subset_composition,
+    thresholds,
+    topk_overlap,
+    trajectory_heatmap,
+)
 from coreset.figures.magnitude import heatmap_matrix
 
 REPO = Path(__file__).resolve().parents[1]

@@ -49,8 +49,8 @@ def _data(spec: InputSpec, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _group_params(model: Classifier) -> dict[str, list[nn.Parameter]]:
     layers = trainable_layers(model)
-    w = [l.module.weight for l in layers if l.weight]
-    b = [l.module.bias for l in layers if l.bias]
+    w = [layer.module.weight for layer in layers if layer.weight]
+    b = [layer.module.bias for layer in layers if layer.bias]
     return {"last": [model.head.weight, model.head.bias], "weights": w, "biases": b, "all": w + b}
 
 
@@ -81,7 +81,7 @@ def reference(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[dict
 def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], rtol: float = RTOL) -> None:
     for col, ref in want.items():
         if col in got:
-            torch.testing.assert_close(got[col].double(), ref, rtol=rtol, atol=1e-10, msg=lambda m: f"{col}: {m}")
+            torch.testing.assert_close(got[col].double(), ref, rtol=rtol, atol=1e-10, msg=lambda m, col=col: f"{col}: {m}")
 
 
 MODELS = [

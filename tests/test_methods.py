@@ -166,7 +166,7 @@ def test_gradsimcore_quantile_threshold_and_class_balanced_top() -> None:
     for c, rows in scores.groupby("label"):
         assert rows["score"].mean() == pytest.approx(0.1 * (per_class.loc[c, "n"] - 1), rel=0.05)
     chosen = method.select(scores, 0.1, seed=0)
-    for c, rows in scores.groupby("label"):
+    for _, rows in scores.groupby("label"):
         picked = rows[rows.sample_id.isin(chosen)]
         assert picked["score"].min() >= rows[~rows.sample_id.isin(chosen)]["score"].max()
 

@@ -21,7 +21,7 @@ def user_error(e: BaseException | None) -> BaseException | None:
         elif hasattr(e, "worker_failures"):  # Ray Train's WorkerGroupError: rank -> exception
             e = next(iter(e.worker_failures.values()), None)  # type: ignore[union-attr]
         elif hasattr(e, "_base_exc"):  # Ray Train's UserExceptionWithTraceback
-            e = e._base_exc  # type: ignore[union-attr]
+            e = e._base_exc  # type: ignore[union-attr]  # noqa: SLF001 - Ray Train keeps the user's error there only
         else:
             return e if isinstance(e, UserError) else None
     return None

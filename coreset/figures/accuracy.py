@@ -39,7 +39,7 @@ def accuracy_vs_fraction(accuracy: pd.DataFrame, path: str | Path) -> Rendered:
     targets = sorted(summary["target_model"].unique())
     fig, axes = panels(len(targets), sharey=True)
     colour = colours([m for m in summary["method"].unique() if m != FULL])
-    for ax, target in zip(axes, targets):
+    for ax, target in zip(axes, targets, strict=False):
         rows = summary[summary["target_model"] == target]
         for method, curve in rows[rows["method"] != FULL].groupby("method"):
             curve = curve.sort_values("fraction")

@@ -8,8 +8,8 @@ Figs. 10 and 11 (CIFAR-10 images with the largest gradients) and GradSimCore's F
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

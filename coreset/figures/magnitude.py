@@ -38,7 +38,7 @@ def batch_bound(batch_bound: pd.DataFrame, path: str | Path) -> Rendered:
     columns = sorted(table["column"].unique())
     fig, axes = panels(len(columns), width=4.0, height=3.8)
     stats = []
-    for ax, column in zip(axes, columns):
+    for ax, column in zip(axes, columns, strict=False):
         rows = table[table["column"] == column]
         x, y = rows["sum_of_norms"].to_numpy(float), rows["norm_of_sum"].to_numpy(float)
         r = pearson(x, y)

@@ -8,8 +8,8 @@ construction, Max-Gradient need not be.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,7 @@ def subset_composition(subsets: pd.DataFrame, split_labels: pd.DataFrame, path: 
     fig, axes = panels(len(fractions), width=6.0, height=3.8)
     methods = sorted(table["method"].unique())
     colour = colours(methods)
-    for ax, fraction in zip(axes, fractions):
+    for ax, fraction in zip(axes, fractions, strict=False):
         rows = table[table["fraction"] == fraction]
         classes = np.sort(rows["label"].unique())
         width = 0.8 / len(methods)

@@ -47,8 +47,8 @@ def batch_bound(
 def _group_params(model: Classifier, groups: tuple[str, ...]) -> dict[str, list[torch.nn.Parameter]]:
     head = [p for p in (model.head.weight, model.head.bias) if p is not None]
     layers = trainable_layers(model) if any(g != "last" for g in groups) else []
-    weights = [l.module.weight for l in layers if l.weight]
-    biases = [l.module.bias for l in layers if l.bias]
+    weights = [layer.module.weight for layer in layers if layer.weight]
+    biases = [layer.module.bias for layer in layers if layer.bias]
     return {"last": head, "weights": weights, "biases": biases, "all": weights + biases}
 
 

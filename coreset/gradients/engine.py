@@ -21,6 +21,8 @@ Across layers l2 combines as the root of summed squares, l1 as a sum, linf as a 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -68,7 +70,8 @@ class _Totals:
 
 
 def _combine(a: NormParts, b: NormParts) -> NormParts:
-    def op(x: torch.Tensor | None, y: torch.Tensor | None, fn) -> torch.Tensor | None:
+    def op(x: torch.Tensor | None, y: torch.Tensor | None,
+           fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
         return y if x is None else x if y is None else fn(x, y)
 
     return NormParts(op(a.sq, b.sq, torch.add), op(a.l1, b.l1, torch.add), op(a.linf, b.linf, torch.maximum))
@@ -81,8 +84,8 @@ class PerSampleGradients:
     layers (raises ``ValueError`` naming the others at construction).
     """
 
-    def __init__(self, model: Classifier, spec: GradientSpec = GradientSpec()) -> None:
-        self.model, self.spec = model, spec
+    def __init__(self, model: Classifier, spec: GradientSpec | None = None) -> None:
+        self.model, self.spec = model, spec or GradientSpec()
         self.layers = trainable_layers(model) if spec.needs_backward else []
 
     def columns(self) -> list[str]:

@@ -99,7 +99,7 @@ def _pad(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``x`` with ``m``'s padding applied (any padding mode, 'same' included)."""
     if isinstance(m.padding, str) or m.padding_mode != "zeros":
         mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        return F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
+        return F.pad(x, m._reversed_padding_repeated_twice, mode=mode)  # noqa: SLF001 - the padding Conv2d itself applies
     ph, pw = m.padding
     return F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
 

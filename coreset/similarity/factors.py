@@ -11,14 +11,12 @@ that in every backend. ``[h; 1]`` is never zero, so only ``err`` can cause this.
 """
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def stack_list_column(column: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
