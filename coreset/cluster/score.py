@@ -1,6 +1,7 @@
 """The score stage on Ray. Methods that score one class at a time (GradSimCore's class-wise
-similarity counts) are spread over Ray tasks, one class each (a GPU each when the cluster
-has them); the others score in the driver from the columns they declare. Each method's
+similarity counts) are spread over Ray tasks, one unit of whole-class shards each (a GPU each
+when the cluster has them), each reading its own files once; the others score in the driver
+from the one or two columns they declare. Each method's
 scores and subsets are published whole; the resume plan (:func:`coreset.stages.score.plan`)
 skips methods already written with the same settings.
 """
@@ -20,12 +21,13 @@ from coreset.methods import SelectionMethod
 from coreset.progress import Progress
 from coreset.stages.score import (
     MethodWork,
+    ScorePlan,
     build_method,
-    class_labels,
-    merge_classes,
+    class_units,
+    merge_units,
     plan,
     read_inputs,
-    score_class,
+    score_unit,
     subset_sizes,
     write_label_entropy,
     write_method,
@@ -43,11 +45,11 @@ class ScoreSummary:
     wall_s: float = 0.0
 
 
-def _class_task(study: dict, root_uri: str, name: str, final_epoch: int, label: int
-                ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One class of a by-class method, in a Ray task."""
+def _unit_task(study: dict, root_uri: str, name: str, final_epoch: int, table: dict, shards: list[int]
+               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One unit of a by-class method, in a Ray task."""
     cfg = config_from_dict(study)
-    return score_class(build_method(cfg, name, final_epoch), StudyRoot(root_uri), label)
+    return score_unit(build_method(cfg, name, final_epoch), StudyRoot(root_uri), table, shards)
 
 
 def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> ScoreSummary:
@@ -56,9 +58,9 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
     summary = ScoreSummary(skipped=[w.name for w in score_plan.methods if w.done])
     for work in score_plan.todo:
         if work.method.inputs().by_class:
-            scores, analysis = _score_by_class(cfg, root, resources, work, score_plan.final_epoch)
+            scores, analysis = _score_by_class(cfg, root, resources, work, score_plan)
         else:
-            scores, analysis = _score_in_driver(work.method, root)
+            scores, analysis = _score_in_driver(work.method, root, score_plan)
         write_method(cfg, root, work, scores, analysis)
         summary.computed.append(work.name)
         log.info("score: %s done (%d samples)", work.name, len(scores))
@@ -69,20 +71,23 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
     return summary
 
 
-def _score_in_driver(method: SelectionMethod, root: StudyRoot) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    scores = method.score(read_inputs(root, method.inputs()))
+def _score_in_driver(method: SelectionMethod, root: StudyRoot, score_plan: ScorePlan
+                     ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    scores = method.score(read_inputs(root, method.inputs(), score_plan.table))
     return scores, method.analysis_tables()
 
 
 def _score_by_class(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], work: MethodWork,
-                    final: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+                    score_plan: ScorePlan) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     options = {"num_gpus": 1} if gpus_available(resources) else {"num_cpus": 1}
-    task = ray.remote(max_retries=3)(_class_task).options(**options)
-    pending = [task.remote(cfg.to_dict(), root.uri, work.name, final, int(c)) for c in class_labels(root, final)]
-    progress = Progress(f"{work.name} classes", len(pending), every_s=10)
+    task = ray.remote(max_retries=3)(_unit_task).options(**options)
+    study, table = cfg.to_dict(), ray.put(score_plan.table)
+    pending = [task.remote(study, root.uri, work.name, score_plan.final_epoch, table, unit)
+               for unit in class_units(score_plan.table)]
+    progress = Progress(f"{work.name} class units", len(pending), every_s=10)
     parts = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         parts.append(ray.get(done[0]))
         progress.step()
-    return merge_classes(parts)
+    return merge_units(parts)

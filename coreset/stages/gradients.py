@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
@@ -22,14 +23,15 @@ from coreset.data import Datasets
 from coreset.errors import StageError
 from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
-from coreset.stages.train import SourceResult, read_source_result, recorded_train_ids
+from coreset.stages.train import SourceResult, read_source_result
 from coreset.storage import StudyRoot
-from coreset.tables import to_arrow
+from coreset.tables import read_table, to_arrow
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Rows ``ids`` (sorted sample ids) at checkpoint ``epoch``; ``final`` asks for every norm."""
+    """Rows ``ids`` (sorted sample ids) at checkpoint ``epoch``; ``final`` asks for every norm.
+    The ids are those of whole classes (or one part of a class larger than a shard)."""
 
     epoch: int
     shard: int
@@ -60,10 +62,13 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> GradientsPlan:
     if source is None:
         raise StageError(f"no finished source training in {root.url()}; run jobs/train.py first")
     gcfg = cfg.gradients
-    train_ids = recorded_train_ids(root)
+    split = read_table(root, layout.SPLIT, "split")
+    train = split[split.split == "train"].set_index("sample_id").label
+    train_ids = np.sort(train.index.to_numpy(np.int64))
     final = final_epoch(gcfg, source)
-    tasks = shard_tasks(train_ids, final, gcfg.factor_epochs, gcfg.shard_size, source.epochs_run)
-    wanted = manifest(gcfg, tasks, len(train_ids))
+    shards = class_shards(train.index.to_numpy(), train.to_numpy(), gcfg.shard_size)
+    tasks = shard_tasks(shards, final, gcfg.factor_epochs, source.epochs_run)
+    wanted = manifest(gcfg, tasks, len(train_ids), shard_labels(shards, train))
     check_manifest(root, wanted)
     todo = [t for t in tasks if not root.exists(t.path)]
     need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
@@ -87,24 +92,59 @@ def final_epoch(cfg: GradientsConfig, source: SourceResult) -> int:
     return epoch
 
 
-def shard_tasks(train_ids: np.ndarray, final: int, factor_epochs: tuple[int, ...], shard_size: int,
+def class_shards(train_ids: np.ndarray, labels: np.ndarray, shard_size: int) -> list[np.ndarray]:
+    """The train ids cut into shards of whole classes: classes in label order are packed into a
+    shard while they fit in ``shard_size`` rows; a larger class gets shards of its own. So the
+    class-wise score stage reads each shard file once for the classes it holds, never the
+    whole table per class. For a folder dataset (ImageNet), whose canonical order is sorted by
+    class, every shard is one contiguous range of sample ids."""
+    ids, labels = np.asarray(train_ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    order = np.lexsort((ids, labels))
+    ids, labels = ids[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    bounds = np.r_[starts, len(ids)]
+    shards: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    filled = 0
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        n = hi - lo
+        if current and filled + n > shard_size:
+            shards.append(np.sort(np.concatenate(current)))
+            current, filled = [], 0
+        if n > shard_size:  # a class of its own, cut into near-equal parts
+            parts = -(-n // shard_size)
+            shards.extend(np.sort(part) for part in np.array_split(ids[lo:hi], parts))
+            continue
+        current.append(ids[lo:hi])
+        filled += n
+    if current:
+        shards.append(np.sort(np.concatenate(current)))
+    return shards
+
+
+def shard_tasks(shards: list[np.ndarray], final: int, factor_epochs: tuple[int, ...],
                 epochs_run: int) -> list[ShardTask]:
     """Every (epoch, shard) piece of the table, ordered by epoch (each worker loads a checkpoint once)."""
     bad = [e for e in factor_epochs if e > epochs_run]
     if bad:
         raise StageError(f"gradients.factor_epochs {bad} exceed the {epochs_run} epochs of source training")
-    ids = np.sort(np.asarray(train_ids, dtype=np.int64))
-    shards = [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
     epochs = sorted(set(factor_epochs) | {final})
     return [ShardTask(e, s, part, e == final) for e in epochs for s, part in enumerate(shards)]
 
 
-def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int) -> dict[str, object]:
-    """What a finished table was computed with; a re-run with other settings is refused."""
+def shard_labels(shards: list[np.ndarray], label_of: pd.Series) -> list[list[int]]:
+    """[lowest, highest] label of each shard (the manifest's map for the class-wise stage)."""
+    return [[int(label_of.loc[part[0]]), int(label_of.loc[part].max())] for part in shards]
+
+
+def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int, labels: list[list[int]]) -> dict[str, object]:
+    """What a finished table was computed with; a re-run with other settings is refused.
+    ``shard_labels`` says which classes each shard holds (the same for every epoch)."""
     final = next(t.epoch for t in tasks if t.final)
     return {"rows_per_epoch": n, "epochs": sorted({t.epoch for t in tasks}), "final_epoch": final,
-            "shards_per_epoch": len({t.shard for t in tasks}), "shard_size": cfg.shard_size,
-            "norms": list(cfg.norms), "groups": list(cfg.groups), "factor_dtype": cfg.factor_dtype}
+            "shards_per_epoch": len({t.shard for t in tasks}), "shard_size": cfg.shard_size, "layout": "class_shards",
+            "shard_labels": labels, "norms": list(cfg.norms), "groups": list(cfg.groups),
+            "factor_dtype": cfg.factor_dtype}
 
 
 def check_manifest(root: StudyRoot, wanted: dict[str, object]) -> None:

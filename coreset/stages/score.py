@@ -1,6 +1,13 @@
 """The score stage without Ray: which methods are left to score (the resume plan), the rows
 each method reads, subsets for every fraction and seed, and the label-entropy analysis.
 
+The gradient table's shards hold whole classes (:func:`coreset.stages.gradients.class_shards`),
+so a method that scores one class at a time works on *units* of shards (one shard, or the
+consecutive shards of a class too large for one) and every unit reads its own files once:
+the stage reads the table's needed columns once in all, at 10 classes or 1000. Factor
+columns arrive as Arrow-backed columns (fixed-size lists), stacked into contiguous (n, d)
+arrays per class without per-row Python objects.
+
 Every method describes itself (:mod:`coreset.methods.base`): its inputs say which columns
 and checkpoints to read and whether it scores one class at a time; its settings, with the
 study's fractions, seeds and budget, are what ``scores/_manifest.json`` records, so a
@@ -12,8 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from coreset import layout
@@ -41,6 +48,7 @@ class MethodWork:
 class ScorePlan:
     final_epoch: int
     methods: list[MethodWork]
+    table: dict[str, Any]  # the gradient table's manifest: epochs, shards and the classes of each
 
     @property
     def todo(self) -> list[MethodWork]:
@@ -76,7 +84,8 @@ def recorded_settings(root: StudyRoot) -> dict[str, Any]:
 def plan(cfg: StudyConfig, root: StudyRoot) -> ScorePlan:
     """Every configured method, marked done when its scores and subsets were written with the
     same settings. Reads only manifests."""
-    final = int(gradient_manifest(root)["final_epoch"])
+    table = gradient_manifest(root)
+    final = int(table["final_epoch"])
     recorded = recorded_settings(root)
     work = []
     for name in cfg.score.methods:
@@ -84,38 +93,49 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> ScorePlan:
         settings = method_settings(cfg, method)
         done = recorded.get(name) == settings and root.exists(layout.scores(name)) and root.exists(layout.subsets(name))
         work.append(MethodWork(name, method, settings, done))
-    return ScorePlan(final, work)
+    return ScorePlan(final, work, table)
 
 
-def read_inputs(root: StudyRoot, inputs: Inputs, label: int | None = None) -> pd.DataFrame:
-    """The rows ``inputs`` asks for (one class when ``label`` is given), only its columns."""
-    dataset = pads.dataset(root.path(layout.GRADIENTS), filesystem=root.fs, format="parquet",
-                           exclude_invalid_files=False)
+def class_units(table: dict[str, Any]) -> list[list[int]]:
+    """Shard indices grouped so that every class lies in exactly one group: a shard starts a new
+    unit unless it continues the class the previous shard ended with."""
+    units: list[list[int]] = []
+    for shard, (lowest, _) in enumerate(table["shard_labels"]):
+        if units and lowest == table["shard_labels"][units[-1][-1]][1]:
+            units[-1].append(shard)
+        else:
+            units.append([shard])
+    return units
+
+
+def read_inputs(root: StudyRoot, inputs: Inputs, table: dict[str, Any], shards: list[int] | None = None
+                ) -> pd.DataFrame:
+    """The rows ``inputs`` asks for, from the shard files of its epochs (of ``shards`` only
+    when given), only its columns; list columns stay Arrow-backed."""
+    missing_epochs = sorted(set(inputs.epochs) - set(table["epochs"]))
+    if missing_epochs:
+        raise StageError(f"gradient table has no rows at epochs {missing_epochs}; it holds epochs {table['epochs']}")
+    shards = list(range(table["shards_per_epoch"])) if shards is None else shards
+    paths = [root.path(layout.gradient_shard(e, s)) for e in inputs.epochs for s in shards]
+    dataset = pads.dataset(paths, filesystem=root.fs, format="parquet")
     columns = KEYS + [c for c in inputs.columns if c not in KEYS]
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise StageError(f"gradient table lacks {missing}; columns present: {dataset.schema.names}")
-    flt = pads.field("epoch").isin(list(inputs.epochs))
-    if label is not None:
-        flt = flt & (pads.field("label") == label)
-    return dataset.to_table(columns=columns, filter=flt).to_pandas()
+    arrow = dataset.to_table(columns=columns)
+    return arrow.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_fixed_size_list(t) else None)
 
 
-def class_labels(root: StudyRoot, final_epoch: int) -> np.ndarray:
-    """The classes present in the train split (the work units of by-class methods)."""
-    rows = read_inputs(root, Inputs(columns=(), epochs=(final_epoch,)))
-    return np.unique(rows["label"].to_numpy())
-
-
-def score_class(method: SelectionMethod, root: StudyRoot, label: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """A by-class method's scores of one class, and the side tables that class produced."""
-    scores = method.score(read_inputs(root, method.inputs(), label))
+def score_unit(method: SelectionMethod, root: StudyRoot, table: dict[str, Any], shards: list[int]
+               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """A by-class method's scores of the classes in ``shards``, and the side tables they produced."""
+    scores = method.score(read_inputs(root, method.inputs(), table, shards))
     return scores, method.analysis_tables()
 
 
-def merge_classes(parts: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]
+def merge_units(parts: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]
                   ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One table of scores (by sample_id) and one of each side table from per-class results."""
+    """One table of scores (by sample_id) and one of each side table from per-unit results."""
     scores = pd.concat([s for s, _ in parts], ignore_index=True).sort_values("sample_id").reset_index(drop=True)
     analysis: dict[str, pd.DataFrame] = {}
     for kind in sorted({k for _, a in parts for k in a}):

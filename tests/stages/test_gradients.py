@@ -59,8 +59,11 @@ def test_plan_lists_missing_shards_and_refuses_other_settings(fresh: StudyRoot) 
     work = plan(cfg, fresh)
     n_train = len(work.train_ids)
     assert work.final_epoch == 3 and {t.epoch for t in work.tasks} == {1, 2, 3}
-    assert len(work.tasks) == 3 * -(-n_train // 64) and work.todo == work.tasks and work.need_bound
-    assert [t.final for t in work.tasks].count(True) == len(work.tasks) // 3
+    per_epoch = work.manifest["shards_per_epoch"]
+    assert len(work.tasks) == 3 * per_epoch and work.todo == work.tasks and work.need_bound
+    assert [t.final for t in work.tasks].count(True) == per_epoch
+    assert len(work.manifest["shard_labels"]) == per_epoch and max(len(t.ids) for t in work.tasks) <= 64
+    lost = next(len(t.ids) for t in work.tasks if (t.epoch, t.shard) == (2, 1))
     compute_in_process(cfg, fresh, work, load_datasets(cfg.data), torch.device("cpu"))
     assert plan(cfg, fresh).todo == []
     fresh.delete(layout.gradient_shard(2, 1))
@@ -72,7 +75,7 @@ def test_plan_lists_missing_shards_and_refuses_other_settings(fresh: StudyRoot) 
     with pytest.raises(StageError, match="final_epoch=9 but source training ran 3 epochs"):
         plan(_cfg("gradients.final_epoch=9"), fresh)
     df = pd.read_parquet(fresh.url(layout.GRADIENTS))
-    assert df.groupby("epoch").size().to_dict() == {1: n_train, 3: n_train, 2: n_train - 64}
+    assert df.groupby("epoch").size().to_dict() == {1: n_train, 3: n_train, 2: n_train - lost}
 
 
 @pytest.mark.ray
@@ -162,3 +165,32 @@ def test_job_refusing_new_settings_leaves_the_recorded_config(fresh: StudyRoot, 
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "computed with other settings (" in proc.stderr
     after = {p.relative_to(fresh.uri): p.read_bytes() for p in Path(fresh.uri).rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_class_shards_hold_whole_classes() -> None:
+    from coreset.stages.gradients import class_shards
+
+    sizes = [3, 5, 2, 9, 1]
+    labels = np.repeat(np.arange(5), sizes)
+    ids = np.random.default_rng(0).permutation(len(labels)) * 3  # ids need not follow labels
+    shards = class_shards(ids, labels, 6)
+    label_of = dict(zip(ids, labels, strict=True))
+    assert [sorted({label_of[i] for i in s}) for s in shards] == [[0], [1], [2], [3], [3], [4]]
+    assert [len(s) for s in shards] == [3, 5, 2, 5, 4, 1]
+    for seed in range(5):  # any labels: every id once, shards within size, a class never spans units
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 40, size=500)
+        ids = rng.permutation(500)
+        shards = class_shards(ids, labels, 32)
+        labels = labels[np.argsort(ids)]  # indexed by sample id
+        flat = np.concatenate(shards)
+        assert np.array_equal(np.sort(flat), np.arange(500)) and max(len(s) for s in shards) <= 32
+        owner: dict[int, list[int]] = {}
+        for k, s in enumerate(shards):
+            assert np.array_equal(s, np.sort(s))
+            for c in np.unique(labels[s]):
+                owner.setdefault(int(c), []).append(k)
+        for c, ks in owner.items():
+            assert ks == list(range(ks[0], ks[-1] + 1))
+            if len(ks) > 1:  # a class too large for one shard has shards of its own
+                assert all(set(labels[shards[k]]) == {c} for k in ks)

@@ -62,10 +62,10 @@ def test_plan_marks_methods_done_by_their_settings(fresh: StudyRoot) -> None:
     assert by_class == {"gradsimcore"}
     for work in first.todo:  # score every method in-process, one class at a time where declared
         if work.name in by_class:
-            parts = [score.score_class(work.method, fresh, int(c)) for c in score.class_labels(fresh, 3)]
-            scores, analysis = score.merge_classes(parts)
+            parts = [score.score_unit(work.method, fresh, first.table, unit) for unit in score.class_units(first.table)]
+            scores, analysis = score.merge_units(parts)
         else:
-            scores, analysis = work.method.score(score.read_inputs(fresh, work.method.inputs())), {}
+            scores, analysis = work.method.score(score.read_inputs(fresh, work.method.inputs(), first.table)), {}
         score.write_method(cfg, fresh, work, scores, analysis)
     assert score.plan(cfg, fresh).todo == []
     changed = score.plan(_cfg("score.params.nonextreme_max_gradient.drop_fraction=0.2"), fresh)
@@ -115,7 +115,7 @@ def test_missing_norm_column_is_a_clear_error(fresh: StudyRoot, tmp_path: Path) 
     cfg = _cfg("gradients.norms=[l2]", "score.norm=l1_all", "score.methods=[max_gradient]")
     (work,) = score.plan(cfg, fresh).todo
     with pytest.raises(StageError, match="gradient table lacks \\['l1_all'\\]"):
-        score.read_inputs(fresh, work.method.inputs())
+        score.read_inputs(fresh, work.method.inputs(), score.plan(cfg, fresh).table)
     with pytest.raises(StageError, match="no gradient table"):
         score.plan(cfg, StudyRoot(str(tmp_path / "empty")))
 
@@ -126,3 +126,8 @@ def test_changed_settings_rescore_only_that_method(study: StudyRoot) -> None:
     again = run_score(_cfg("score.params.nonextreme_max_gradient.drop_fraction=0.2"), study,
                       dict(ray.cluster_resources()))
     assert again.computed == ["nonextreme_max_gradient"]
+
+
+def test_class_units_keep_each_class_in_one_unit() -> None:
+    table = {"shard_labels": [[0, 2], [3, 3], [3, 3], [3, 3], [4, 9], [10, 10], [10, 10]]}
+    assert score.class_units(table) == [[0], [1, 2, 3], [4], [5, 6]]
