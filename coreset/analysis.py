@@ -49,7 +49,8 @@ def label_entropy_curve(
 
 
 def topk_overlap_curve(
-    scores_a: pd.DataFrame, scores_b: pd.DataFrame, ks: Sequence[int] | None = None, fractions: Sequence[float] | None = None
+    scores_a: pd.DataFrame, scores_b: pd.DataFrame, ks: Sequence[int] | None = None,
+    fractions: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """Fig. 6: |S_a,k ∩ S_b,k| / k for two models' top-k sets, against the random baseline k/N.
 

@@ -45,7 +45,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_job_args(description: str, argv: Sequence[str] | None = None,
-                   extend: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[JobArgs, argparse.Namespace]:
+                   extend: Callable[[argparse.ArgumentParser], None] | None = None
+                   ) -> tuple[JobArgs, argparse.Namespace]:
     """Parse and validate the common job arguments; exits with one line on error. Writes
     nothing: :func:`record_config` saves the config once the data has been checked."""
     p = parser(description)

@@ -139,7 +139,8 @@ class TrainConfig:
         if self.schedule == "step" and not self.milestones:
             raise ConfigError("train.milestones must list at least one epoch when train.schedule is 'step'")
         if any(m < 1 or m > self.epochs for m in self.milestones):
-            raise ConfigError(f"train.milestones must lie in [1, train.epochs={self.epochs}], got {list(self.milestones)}")
+            raise ConfigError(f"train.milestones must lie in [1, train.epochs={self.epochs}], "
+                              f"got {list(self.milestones)}")
         in_range("train.gamma", self.gamma, 0.0, 1.0, hi_open=False)
         in_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1, lo_open=False, hi_open=False)
         at_least("train.early_stopping_patience", self.early_stopping_patience, 0)
@@ -182,7 +183,8 @@ class GradientsConfig:
         for g in self.groups:
             choice("gradients.groups", g, GROUPS)
         if self.final_epoch not in ("best", "last") and not self.final_epoch.isdigit():
-            raise ConfigError(f"gradients.final_epoch must be 'best', 'last' or an epoch number, got {self.final_epoch!r}")
+            raise ConfigError(f"gradients.final_epoch must be 'best', 'last' or an epoch number, "
+                              f"got {self.final_epoch!r}")
         for e in self.factor_epochs:
             at_least("gradients.factor_epochs", e, 0)
         for key in ("batch_size", "shard_size", "cpus_per_worker", "chunk_mb", "bound_batch_size"):

@@ -36,15 +36,16 @@ class StudyRoot:
         else:
             parts = urlsplit(uri)
             if "@" in parts.netloc:
-                raise StorageError(f"study root {parts.scheme}://...@{parts.netloc.rsplit('@', 1)[1]}{parts.path} carries "
-                                   "credentials; give them through the environment or an instance role instead")
+                raise StorageError(f"study root {parts.scheme}://...@{parts.netloc.rsplit('@', 1)[1]}{parts.path} "
+                                   "carries credentials; give them through the environment or an instance role instead")
             uri, _, self._query = uri.partition("?")
             secret = sorted(_SECRET_OPTIONS & {k.lower() for k, _ in parse_qsl(self._query)})
             if secret:
                 raise StorageError(f"study root {uri} carries credentials ({', '.join(secret)}); give them through "
                                    "the environment or an instance role instead")
         try:
-            self.fs, self.base = pafs.FileSystem.from_uri(self._with_query(uri) if not self.local else Path(uri).as_uri())
+            self.fs, self.base = pafs.FileSystem.from_uri(self._with_query(uri) if not self.local
+                                                          else Path(uri).as_uri())
         except (ValueError, OSError) as e:
             raise StorageError(f"cannot open study root {self._with_query(uri)}: {e}") from None
         self._base_uri = uri.rstrip("/")

@@ -42,7 +42,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step learning-rate factor: linear warmup, then cosine to 0, step decay or constant."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = cfg.warmup_epochs * steps_per_epoch

@@ -1,6 +1,7 @@
 """A whole study from one config: train -> gradients -> score (and select) -> retrain.
 
-    python jobs/study.py --config jobs/configs/mnist.yaml [--root results/mnist] [--stages train gradients score retrain]
+    python jobs/study.py --config jobs/configs/mnist.yaml [--root results/mnist]
+                         [--stages train gradients score retrain]
 
 Each stage skips the work whose outputs already exist in the study root, so re-running a
 finished study does nothing and an interrupted one resumes. The resolved config is saved

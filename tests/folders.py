@@ -13,7 +13,8 @@ def tiny_folder(shared: Path, dst: Path, classes: int = 3, train: int = 4, val: 
         wnids = sorted({m.name.split("/")[2] for m in members})[:classes]
         for split, n in (("train", train), ("val", val)):
             for wnid in wnids:
-                chosen = sorted((m for m in members if m.name.split("/")[1:3] == [split, wnid]), key=lambda m: m.name)[:n]
+                chosen = sorted((m for m in members if m.name.split("/")[1:3] == [split, wnid]),
+                                key=lambda m: m.name)[:n]
                 for m in chosen:
                     target = dst / split / wnid / Path(m.name).name
                     target.parent.mkdir(parents=True, exist_ok=True)

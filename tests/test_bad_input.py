@@ -156,7 +156,8 @@ def test_missing_or_empty_data_is_one_line(case: str, tmp_path: Path) -> None:
 
 
 def _folder_sets(folder: Path, tmp_path: Path, *more: str) -> list[str]:
-    return ["data.name=imagefolder", f"data.root={folder}", "data.image_size=16", f"data.cache_dir={tmp_path / 'cache'}",
+    return ["data.name=imagefolder", f"data.root={folder}", "data.image_size=16",
+            f"data.cache_dir={tmp_path / 'cache'}",
             "train.epochs=1", "train.probe_size=4", "train.batch_size=4", "data.val_fraction=0.25", *more]
 
 
@@ -224,7 +225,8 @@ def test_train_and_val_class_folders_differ(shared_data: Path, tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.parametrize("case", ["copied-from-another-model", "meta-says-another-dataset"])
-def test_checkpoint_of_another_model_or_dataset(case: str, source_root: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_checkpoint_of_another_model_or_dataset(case: str, source_root: Path, shared_data: Path,
+                                                 tmp_path: Path) -> None:
     root = copy_root(source_root, tmp_path / "root")
     sets = synthetic_sets(source_root, shared_data)
     if case == "copied-from-another-model":

@@ -86,5 +86,6 @@ def test_credentials_come_from_instance_roles_only(cluster: dict) -> None:
     for t in cluster["available_node_types"].values():
         assert t["node_config"]["IamInstanceProfile"]
     text = (REPO / "cluster.yaml").read_text()
-    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id|AWS_SECRET|AWS_ACCESS_KEY", text, re.I)
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id|AWS_SECRET|AWS_ACCESS_KEY",
+                         text, re.I)
     assert "ssh_private_key" not in cluster["auth"]

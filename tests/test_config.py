@@ -41,7 +41,8 @@ def test_overrides_are_typed() -> None:
     ("score.drop_fraction=0.2", "unknown key score.drop_fraction; did you mean "
                                 "score.params.nonextreme_max_gradient.drop_fraction?"),
     ("score.params.gradsimcore.threshold=1.5", "score.params.gradsimcore.threshold must lie in [-1.0, 1.0]"),
-    ("score.params.gradsimcore.backend=annoy", "score.params.gradsimcore.backend='annoy' is not allowed; allowed: auto"),
+    ("score.params.gradsimcore.backend=annoy", "score.params.gradsimcore.backend='annoy' is not allowed; "
+                                               "allowed: auto"),
     ("score.params.gradsimcore.phi=0.5", "unknown key score.params.gradsimcore.phi; allowed: backend, threshold, "
                                          "threshold_quantile"),
     ("score.params.random.epoch=3", "unknown key score.params.random.epoch; allowed: none"),
@@ -66,7 +67,8 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_job_exits_with_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"),
+                           "--config", str(REPO / "jobs/configs/mnist.yaml"),
                            "--root", str(tmp_path / "root"), "--set", "train.epochs=0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

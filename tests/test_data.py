@@ -39,7 +39,8 @@ def test_cifar10_jpeg_folder(shared_data: Path, cache_dir: Path) -> None:
 
 
 def test_tiny_imagenet_archive_in_imagenet_layout(shared_data: Path, cache_dir: Path) -> None:
-    cfg = _cfg(shared_data, cache_dir, name="imagefolder", root=str(shared_data / "tiny-imagenet-10.tar.gz"), image_size=64)
+    cfg = _cfg(shared_data, cache_dir, name="imagefolder", root=str(shared_data / "tiny-imagenet-10.tar.gz"),
+               image_size=64)
     ds = load_datasets(cfg)
     assert (len(ds.train), len(ds.test), ds.train.num_classes) == (5000, 500, 10)
     assert all(c.startswith("n") for c in ds.train.classes)

@@ -82,8 +82,9 @@ def test_killed_gradient_actor_is_replaced_and_no_row_is_lost_or_doubled(source_
 
 
 def _study(config: Path, root: Path, *stages: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "study.py"), "--config", str(config), "--root", str(root),
-                             "--stages", *stages], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "study.py"), "--config", str(config),
+                             "--root", str(root), "--stages", *stages],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             start_new_session=True)
 
 
@@ -194,8 +195,10 @@ def test_interrupted_tune_run_is_restored_and_runs_only_unfinished_trials(scored
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     _copy(scored_root, tmp_path / "study")
     rows = tmp_path / "study" / layout.RETRAIN / "trials"
-    cmd = [sys.executable, str(REPO / "jobs" / "retrain.py"), "--config", str(config), "--root", str(tmp_path / "study")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    cmd = [sys.executable, str(REPO / "jobs" / "retrain.py"), "--config", str(config),
+           "--root", str(tmp_path / "study")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
     try:
         wait_for(lambda: len(parquet_files(rows)) >= 2, 300, "two finished trials")
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops

@@ -97,7 +97,8 @@ def test_accuracy_vs_fraction_draws_seed_means_and_the_full_reference(tmp_path: 
     np.testing.assert_allclose(got["mean"], expected["mean"].loc[got.index])
     np.testing.assert_allclose(got["std"], expected["std"].loc[got.index])
     assert (got["seeds"] == 3).all()
-    assert got.loc[("cnn", "full", 1.0), "mean"] == pytest.approx(acc.query("method == 'full' and target_model == 'cnn'").test_acc.mean())
+    assert got.loc[("cnn", "full", 1.0), "mean"] == pytest.approx(
+        acc.query("method == 'full' and target_model == 'cnn'").test_acc.mean())
 
 
 def test_accuracy_vs_fraction_one_seed_has_zero_band_and_bad_input_is_refused(tmp_path: Path, rng) -> None:
@@ -170,7 +171,8 @@ def test_label_entropy_draws_each_ranking_and_the_uniform_baseline(tmp_path: Pat
                         for m, s in (("l2_last", 4.0), ("gradsimcore", 0.0))], ignore_index=True)
     out = label_entropy(curves, 10, tmp_path / "entropy.png")
     assert_png(out.path)
-    pd.testing.assert_frame_equal(out.data, curves.sort_values(["method", "fraction"])[["method", "fraction", "entropy"]]
+    pd.testing.assert_frame_equal(out.data,
+                                  curves.sort_values(["method", "fraction"])[["method", "fraction", "entropy"]]
                                   .reset_index(drop=True))
     assert curves.entropy.max() <= np.log2(10) + 1e-12
     assert_png(label_entropy(curves, 10, tmp_path / "entropy_k.png", x="k").path)
@@ -189,8 +191,8 @@ def test_topk_overlap_draws_the_curve_and_random_baseline(tmp_path: Path, rng) -
     assert_png(out.path)
     np.testing.assert_allclose(out.data.overlap, curve.overlap)
     assert set(out.data.pair) == {"vgg16 ∩ cnn"} and out.data.overlap.iloc[-1] == 1.0
-    pairs = pd.concat([curve.assign(pair="vgg16 ∩ cnn"), topk_overlap_curve(a, a.assign(score=rng.random(len(a))), ks=ks)
-                       .assign(pair="vgg16 ∩ linear")])
+    pairs = pd.concat([curve.assign(pair="vgg16 ∩ cnn"),
+                       topk_overlap_curve(a, a.assign(score=rng.random(len(a))), ks=ks).assign(pair="vgg16 ∩ linear")])
     assert set(topk_overlap(pairs, tmp_path / "pairs.png").data.pair) == {"vgg16 ∩ cnn", "vgg16 ∩ linear"}
 
 
@@ -229,7 +231,8 @@ def test_subset_composition_counts_images_per_class(tmp_path: Path, rng) -> None
     assert_png(out.path)
     labels = split.set_index("sample_id").label
     one = subsets.query("method == 'random' and fraction == 0.1")
-    expected = one.assign(label=labels.loc[one.sample_id].to_numpy()).groupby(["seed", "label"]).size().unstack(fill_value=0)
+    expected = (one.assign(label=labels.loc[one.sample_id].to_numpy()).groupby(["seed", "label"]).size()
+                .unstack(fill_value=0))
     got = out.data.query("method == 'random' and fraction == 0.1").set_index("label")
     np.testing.assert_allclose(got["count"], expected.mean().loc[got.index])
     np.testing.assert_allclose(got["std"], expected.std().loc[got.index])
@@ -252,7 +255,8 @@ def test_percentile_rows_picks_the_ranks_around_each_percentile() -> None:
     assert picked[99] == list(range(992, 984, -1))  # centre round(0.99 * 999) = 989
     assert picked[50] == list(range(503, 495, -1))  # centre 500 (499.5 rounds up)
     assert picked[0] == list(range(7, -1, -1)) and picked[100] == list(range(999, 991, -1))
-    assert (rows["rank"] == rows["sample_id"]).all() and list(rows.columns) == ["percentile", "rank", "sample_id", "score", "label"]
+    assert ((rows["rank"] == rows["sample_id"]).all()
+            and list(rows.columns) == ["percentile", "rank", "sample_id", "score", "label"])
     tied = pd.DataFrame({"sample_id": [5, 3, 9, 1], "score": [1.0, 1.0, 1.0, 1.0]})
     assert percentile_rows(tied, (50,), per=2).sample_id.tolist() == [5, 3]  # ranks 1-2 of ids 1,3,5,9
     assert len(percentile_rows(tied, (99,), per=10)) == 4
@@ -282,8 +286,8 @@ def test_image_grid_of_mnist_at_percentiles_of_a_score(tmp_path: Path, mnist) ->
                      title="MNIST by ink: rows at the 99th, 95th, 50th, 5th percentile")
     assert_png(out.path)
     assert out.data.title.tolist() == titles
-    nhwc = image_grid(images[:6].transpose(0, 2, 3, 1), [mnist.classes[c] for c in mnist.labels[:6]], tmp_path / "nhwc.png",
-                      cols=3)
+    nhwc = image_grid(images[:6].transpose(0, 2, 3, 1), [mnist.classes[c] for c in mnist.labels[:6]],
+                      tmp_path / "nhwc.png", cols=3)
     grey = image_grid(images[:6, 0], list("abcdef"), tmp_path / "grey.png", cols=3)
     assert imread(nhwc.path).shape == imread(grey.path).shape
 
@@ -305,7 +309,8 @@ def test_image_grid_rgb_and_bad_input(tmp_path: Path, rng) -> None:
 def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
     """No pyplot import, hence no backend selection and no registry of open figures."""
     code = ("import sys, pandas as pd; from coreset.figures import topk_overlap; "
-            "topk_overlap(pd.DataFrame({'k': [1, 2], 'overlap': [0.0, 1.0], 'random_baseline': [0.5, 1.0]}), sys.argv[1]); "
+            "topk_overlap(pd.DataFrame({'k': [1, 2], 'overlap': [0.0, 1.0], 'random_baseline': [0.5, 1.0]}), "
+            "sys.argv[1]); "
             "assert 'matplotlib.pyplot' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "check.png")], check=True, cwd=REPO,
                    env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

@@ -81,7 +81,8 @@ def reference(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[dict
 def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], rtol: float = RTOL) -> None:
     for col, ref in want.items():
         if col in got:
-            torch.testing.assert_close(got[col].double(), ref, rtol=rtol, atol=1e-10, msg=lambda m, col=col: f"{col}: {m}")
+            torch.testing.assert_close(got[col].double(), ref, rtol=rtol, atol=1e-10,
+                                       msg=lambda m, col=col: f"{col}: {m}")
 
 
 MODELS = [

@@ -15,7 +15,8 @@ from coreset.config import ConfigError, DataConfig, config_from_dict
 from coreset.data import DataError, load_datasets
 from coreset.data.idx import read_idx
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 KANA = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]  # KMNIST's ten classes
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 TRAIN, TEST = 200, 50
@@ -81,7 +82,8 @@ def test_mnist_reads_as_torchvision_reads_it(shared_data: Path, torchvision_mnis
     assert ours.size == 28 and ours.spec.num_classes == 10
 
 
-def test_writer_round_trips_and_matches_the_official_bytes(shared_data: Path, rows: dict[str, np.ndarray], tmp_path: Path) -> None:
+def test_writer_round_trips_and_matches_the_official_bytes(shared_data: Path, rows: dict[str, np.ndarray],
+                                                            tmp_path: Path) -> None:
     for name in ("t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         official = gzip.decompress((shared_data / "mnist" / f"{name}.gz").read_bytes())
         array = read_idx(shared_data / "mnist" / f"{name}.gz")
@@ -97,13 +99,15 @@ def test_writer_round_trips_and_matches_the_official_bytes(shared_data: Path, ro
     assert back.dtype.isnative and back.tolist() == wide.tolist()
 
 
-def test_fashion_mnist_from_its_four_official_files(shared_data: Path, rows: dict[str, np.ndarray], tmp_path: Path) -> None:
+def test_fashion_mnist_from_its_four_official_files(shared_data: Path, rows: dict[str, np.ndarray],
+                                                     tmp_path: Path) -> None:
     idx_folder(tmp_path / "fashion_mnist", rows)
     for root in (tmp_path, tmp_path / "fashion_mnist"):
         ds = load_datasets(_cfg(root, tmp_path / "cache", name="fashion_mnist"))
         assert (len(ds.train), len(ds.test), ds.size) == (TRAIN, TEST, 28)
         assert ds.train.classes == FASHION_CLASSES and ds.test.classes == FASHION_CLASSES
-        assert ds.train.labels.tolist() == rows[FILES[1]].tolist() and ds.test.labels.tolist() == rows[FILES[3]].tolist()
+        assert (ds.train.labels.tolist() == rows[FILES[1]].tolist()
+                and ds.test.labels.tolist() == rows[FILES[3]].tolist())
         assert torch.equal(ds.test.images[:, 0], torch.from_numpy(rows[FILES[2]]))
     x, y, _ = next(iter(ds.batches("train", np.arange(16), 16, train=True)))
     assert x.shape == (16, 1, 28, 28) and y.tolist() == rows[FILES[1]][:16].tolist()

@@ -128,7 +128,8 @@ def test_smoke_study_as_a_submitted_job(ray_head: LocalHead, tmp_path: Path) -> 
     submit = subprocess.run(
         ["ray", "job", "submit", "--address", ray_head.address, "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--log-style", "record", "--",
-         "python", "jobs/study.py", "--config", "jobs/configs/smoke.yaml", "--root", str(root), "--set", *SMOKE_SYNTHETIC],
+         "python", "jobs/study.py", "--config", "jobs/configs/smoke.yaml", "--root", str(root),
+         "--set", *SMOKE_SYNTHETIC],
         capture_output=True, text=True, env=ray_head.env, timeout=480, cwd=tmp_path)
     out = submit.stdout + submit.stderr
     assert submit.returncode == 0, out[-4000:]
@@ -141,7 +142,8 @@ def test_smoke_study_as_a_submitted_job(ray_head: LocalHead, tmp_path: Path) -> 
     cfg = load_config(SMOKE, SMOKE_SYNTHETIC)
     grid = trial_grid(cfg)
     accuracy = pd.read_parquet(root / "accuracy.parquet")
-    assert sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False)) == sorted((t.method, t.fraction, t.seed) for t in grid)
+    assert (sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False))
+            == sorted((t.method, t.fraction, t.seed) for t in grid))
     assert accuracy.test_acc.between(0, 1).all()
     split = pd.read_parquet(root / "split.parquet")
     gradients = pd.read_parquet(root / "gradients", columns=["sample_id", "epoch"])

@@ -34,7 +34,8 @@ def gradient_table(n: int, n_classes: int, epochs: tuple[int, ...], seed: int) -
     for epoch in epochs:
         err = rng.standard_normal((n, n_classes)).astype(np.float16)
         emb = np.maximum(rng.standard_normal((n, 8)), 0).astype(np.float16)
-        frames.append(pd.DataFrame({"sample_id": np.arange(n), "label": labels, "epoch": epoch, "err": list(err), "emb": list(emb)}))
+        frames.append(pd.DataFrame({"sample_id": np.arange(n), "label": labels, "epoch": epoch,
+                                    "err": list(err), "emb": list(emb)}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -187,7 +188,8 @@ def test_gradsimcore_ties_go_to_lower_sample_id() -> None:
     assert method.select(scores, 0.2, seed=0, budget="global").tolist() == list(range(6))
 
 
-@pytest.mark.parametrize("params", [{"threshold": 1.5}, {"threshold": -1.2}, {"threshold_quantile": 1.2}, {"threshold": 0.5, "threshold_quantile": 0.5}])
+@pytest.mark.parametrize("params", [{"threshold": 1.5}, {"threshold": -1.2}, {"threshold_quantile": 1.2},
+                                    {"threshold": 0.5, "threshold_quantile": 0.5}])
 def test_gradsimcore_bad_threshold(params: dict) -> None:
     with pytest.raises(ValueError):
         get_method("gradsimcore", **params)

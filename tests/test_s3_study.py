@@ -48,7 +48,8 @@ def test_smoke_study_on_an_s3_root(s3_bucket: str, s3_env, tmp_path: Path) -> No
     cfg = load_config(SMOKE, SMOKE_SYNTHETIC)
     grid = trial_grid(cfg)
     accuracy = pd.read_parquet(f"{root}/accuracy.parquet")  # plain pandas: pyarrow's S3 from the environment
-    assert sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False)) == sorted((t.method, t.fraction, t.seed) for t in grid)
+    assert (sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False))
+            == sorted((t.method, t.fraction, t.seed) for t in grid))
     split = pd.read_parquet(f"{root}/split.parquet")
     train_ids = set(split.sample_id[split.split == "train"])
     gradients = pd.read_parquet(f"{root}/gradients", columns=["sample_id", "epoch", "l2_last"])
@@ -68,7 +69,8 @@ def test_smoke_study_on_an_s3_root(s3_bucket: str, s3_env, tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr[-4000:]
     assert "0 to compute" in again.stderr and f"{len(grid)} already finished" in again.stderr
     after = s3_env.objects(s3_bucket)
-    assert {k: v for k, v in after.items() if k.endswith(".parquet")} == {k: v for k, v in before.items() if k.endswith(".parquet")}
+    assert ({k: v for k, v in after.items() if k.endswith(".parquet")}
+            == {k: v for k, v in before.items() if k.endswith(".parquet")})
 
     # Credentials came from the environment only: no object and no log line carries them.
     for key, data in after.items():

@@ -51,7 +51,8 @@ def test_partial_writes_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
     (tmp_path / "gradients/epoch_0001/.shard_00001.parquet.tmp-0123abcd").write_bytes(b"half")  # as a SIGKILL leaves it
     (tmp_path / "gradients/.hidden").write_bytes(b"not ours")
     assert root.remove_partial_writes("gradients") == 1
-    assert sorted(p.name for p in (tmp_path / "gradients").rglob("*") if p.is_file()) == [".hidden", "shard_00000.parquet"]
+    assert (sorted(p.name for p in (tmp_path / "gradients").rglob("*") if p.is_file())
+            == [".hidden", "shard_00000.parquet"])
     assert root.remove_partial_writes("gradients") == 0 and root.remove_partial_writes("absent") == 0
 
 
@@ -71,7 +72,8 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
     other = build_model("mnist_cnn", InputSpec(1, 28, 10))
     other.load_state_dict(state["model"])
     assert state["epoch"] == 3
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=False))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=False))
     with pytest.raises(CheckpointError, match="written for model='mnist_cnn', expected 'cnn5'"):
         load_checkpoint(root, "c.pt", {**meta, "model": "cnn5"})
 

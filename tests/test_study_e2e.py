@@ -18,7 +18,8 @@ SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
 
 def _study(root: Path, shared: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "jobs" / "study.py"), "--config", str(SMOKE), "--root", str(root),
-                           "--set", f"data.root={shared}", *extra], capture_output=True, text=True, timeout=1200, cwd=REPO)
+                           "--set", f"data.root={shared}", *extra],
+                          capture_output=True, text=True, timeout=1200, cwd=REPO)
 
 
 @pytest.mark.slow
@@ -30,7 +31,8 @@ def test_smoke_study_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     accuracy = pd.read_parquet(tmp_path / "accuracy.parquet")
     grid = trial_grid(cfg)
     assert len(accuracy) == len(grid)
-    assert set(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False)) == {(t.method, t.fraction, t.seed) for t in grid}
+    assert (set(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False))
+            == {(t.method, t.fraction, t.seed) for t in grid})
     assert accuracy.test_acc.between(0, 1).all() and (accuracy.best_test_acc >= accuracy.test_acc).all()
     assert "test accuracy (%) of mnist_cnn" in proc.stdout
 

@@ -5,8 +5,9 @@ Tune's state, says what is done: a re-run starts only trials without a row, and 
 interrupted Tune run is continued with ``Tuner.restore`` (finished trials are not run
 again). Tune's own experiment state holds pickles, and nothing is ever unpickled from a
 study root, so it lives beside the driver (:func:`tune_experiment_dir`), not in the root:
-losing it (a new head node) costs only the restore, never a finished trial. Trials ask for ``cpus_per_trial`` CPUs and, on GPU clusters, a fraction of a GPU
-so that small-subset trials share one. Failed trials are retried (``FailureConfig``).
+losing it (a new head node) costs only the restore, never a finished trial. Trials ask for
+``cpus_per_trial`` CPUs and, on GPU clusters, a fraction of a GPU so that small-subset
+trials share one. Failed trials are retried (``FailureConfig``).
 """
 from __future__ import annotations
 

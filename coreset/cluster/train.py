@@ -60,7 +60,8 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
         _train_loop,
         train_loop_config={"study": cfg.to_dict(), "root": root.uri, "threads": cpus, "use_gpu": use_gpu,
                            "errors": errors},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus}),
         run_config=ray.train.RunConfig(name=f"{cfg.name}-source", storage_path=_storage_path(root),
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
     )

@@ -48,4 +48,5 @@ def load_datasets(cfg: DataConfig) -> Datasets:
     return Datasets(cfg, train, test, native_size(cfg, train))
 
 
-__all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "split_ids", "train_val_split"]
+__all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "split_ids",
+           "train_val_split"]

@@ -83,7 +83,8 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
             return found
     folder = _find_folder(cfg, root)
     if folder is None:
-        raise DataError(f"no {cfg.name} data under {root} (looked for IDX files, torchvision files, an ImageFolder tree and an archive); "
+        raise DataError(f"no {cfg.name} data under {root} (looked for IDX files, torchvision files, "
+                        f"an ImageFolder tree and an archive); "
                         f"set data.root, or data.download=true where torchvision can download it")
     channels = _TORCHVISION[cfg.name][1] if cfg.name in _TORCHVISION else 3
     return _folder_splits(cfg, folder, channels)
@@ -146,7 +147,8 @@ def _find_folder(cfg: DataConfig, root: Path) -> Path | None:
 
 def _extract(archive: Path, cache: Path) -> Path:
     """Extract ``archive`` once into the cache (atomically: a half extraction is never used)."""
-    digest = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}"
+                            .encode()).hexdigest()[:16]
     target = cache / "extracted" / f"{archive.name.split('.')[0]}-{digest}"
     if target.is_dir():
         return target
@@ -195,7 +197,8 @@ def _folder_splits(cfg: DataConfig, folder: Path, channels: int) -> tuple[ImageS
     est_gb = (len(train_files) + len(test_files)) * channels * size * size / 1e9
     decoded = est_gb <= cfg.max_decoded_gb
     sets = []
-    for split_dir, files, labels in ((folder / "train", train_files, train_labels), (test_dir, test_files, test_labels)):
+    for split_dir, files, labels in ((folder / "train", train_files, train_labels),
+                                     (test_dir, test_files, test_labels)):
         if decoded:
             images, bad = _decoded_cached(files, channels, size, cache_dir(cfg))
         else:
@@ -238,7 +241,8 @@ def _fingerprint(files: list[Path], *extra: object) -> str:
     return h.hexdigest()[:20]
 
 
-def _decoded_cached(files: list[Path], channels: int, size: int, cache: Path) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+def _decoded_cached(files: list[Path], channels: int, size: int,
+                    cache: Path) -> tuple[torch.Tensor, list[tuple[int, str]]]:
     """Decode once per machine: the uint8 array of the readable images is kept as ``.npy`` in
     the cache (no pickle), the unreadable ones' ``(index, reason)`` beside it, so a cache hit
     applies the corrupt-image policy exactly as a fresh decode does."""

@@ -39,7 +39,8 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(f"{path} is truncated: its header names {ndim} dimensions, the file ends after {len(data)} bytes")
+        raise DataError(f"{path} is truncated: its header names {ndim} dimensions, "
+                        f"the file ends after {len(data)} bytes")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_DTYPES[data[2]])
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
@@ -100,9 +101,11 @@ def idx_splits(files: dict[str, Path], classes: list[str], transpose: bool = Fal
 def _split(images_path: Path, labels_path: Path, classes: list[str], transpose: bool) -> ImageSet:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(f"{images_path} holds {images.dtype} items of {images.ndim} dimensions, not uint8 N x H x W images")
+        raise DataError(f"{images_path} holds {images.dtype} items of {images.ndim} dimensions, "
+                        f"not uint8 N x H x W images")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DataError(f"{labels_path} holds {labels.dtype} items of {labels.ndim} dimensions, not one integer label per image")
+        raise DataError(f"{labels_path} holds {labels.dtype} items of {labels.ndim} dimensions, "
+                        f"not one integer label per image")
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -111,4 +114,5 @@ def _split(images_path: Path, labels_path: Path, classes: list[str], transpose: 
     if transpose:
         images = images.transpose(0, 2, 1)
     x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
-    return ImageSet(labels=torch.from_numpy(labels.astype(np.int64)), classes=list(classes), channels=1, images=x.contiguous())
+    return ImageSet(labels=torch.from_numpy(labels.astype(np.int64)), classes=list(classes), channels=1,
+                    images=x.contiguous())

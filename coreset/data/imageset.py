@@ -94,7 +94,8 @@ def decode_files(files: Sequence[Path], channels: int, size: int | None) -> tupl
         if out is None:
             out = np.empty((len(files), arr.shape[0], arr.shape[1], arr.shape[2]), dtype=np.uint8)
         if arr.shape != out.shape[1:]:
-            raise DataError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, others are {out.shape[2]}x{out.shape[1]}; set data.image_size")
+            raise DataError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, "
+                            f"others are {out.shape[2]}x{out.shape[1]}; set data.image_size")
         out[i - len(bad)] = arr
     if out is None:
         return torch.empty((0, channels, size or 1, size or 1), dtype=torch.uint8), bad

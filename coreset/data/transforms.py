@@ -81,7 +81,8 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
 
 
 def random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None,
-                        scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """Inception-style crop (area in ``scale``, aspect in ``ratio``) resized to ``size``, per image."""
     b, _, h, w = x.shape
     area = torch.empty(b).uniform_(*scale, generator=generator) * h * w

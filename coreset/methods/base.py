@@ -144,7 +144,8 @@ def at_epoch(table: pd.DataFrame, epoch: int | None) -> pd.DataFrame:
 
 def score_frame(rows: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
     """The standard score table, sorted by sample_id."""
-    out = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(np.int64), "label": rows["label"].to_numpy(np.int64), "score": np.asarray(score, dtype=np.float64)})
+    out = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(np.int64), "label": rows["label"].to_numpy(np.int64),
+                        "score": np.asarray(score, dtype=np.float64)})
     return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 

@@ -38,7 +38,8 @@ class _NormScored(SelectionMethod):
 
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         if self.norm not in table.columns:
-            raise ValueError(f"norm column {self.norm!r} not in the gradient table; columns present: {list(table.columns)}")
+            raise ValueError(f"norm column {self.norm!r} not in the gradient table; "
+                             f"columns present: {list(table.columns)}")
         rows = at_epoch(table, self.epoch)
         if rows["sample_id"].duplicated().any():
             raise ValueError("gradient table has several rows per sample_id at one epoch")

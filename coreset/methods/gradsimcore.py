@@ -134,5 +134,6 @@ class GradSimCore(SelectionMethod):
                 parts.append(pd.Series(counts, index=group["sample_id"].to_numpy(np.int64)))
         self.thresholds_ = pd.DataFrame(used, columns=["epoch", "label", "threshold", "n"])
         totals = pd.concat(parts).groupby(level=0).sum()
-        first = table[["sample_id", "label"]].drop_duplicates("sample_id").set_index("sample_id").loc[totals.index].reset_index()
+        first = (table[["sample_id", "label"]].drop_duplicates("sample_id").set_index("sample_id")
+                 .loc[totals.index].reset_index())
         return score_frame(first, totals.to_numpy())

@@ -30,7 +30,8 @@ def count_auto(err: ArrayLike, emb: ArrayLike, threshold: float, **options: obje
     return BACKENDS.get(name)(err, emb, threshold, **{**chosen, **options})
 
 
-def count_similar(err: ArrayLike, emb: ArrayLike, threshold: float, backend: str = "auto", **options: object) -> np.ndarray:
+def count_similar(err: ArrayLike, emb: ArrayLike, threshold: float, backend: str = "auto",
+                  **options: object) -> np.ndarray:
     """For each i, #{j ≠ i : cos(g_i, g_j) > Φ} with g = err ⊗ [h; 1]; see ``factors`` for zero gradients."""
     return BACKENDS.get(backend)(err, emb, threshold, **options)
 

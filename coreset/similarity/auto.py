@@ -14,10 +14,11 @@ the Gram form never does more arithmetic. Measured on 2 CPU cores (torch 2.15, F
     2000   2    16    0.040 s  0.046 s
 
 (timings on a shared 2-core machine, before counting moved to the upper triangle with
-512-row blocks, which made the CIFAR-10 shape 0.13 s per class, 14x scikit-learn; ``benchmarks/gradsim.py`` reproduces the CIFAR-10 and
-ImageNet shapes), so ``auto`` is the Gram backend everywhere, on the GPU when torch sees one
-and the class is large enough (≥ 1 GFLOP) for the transfer to pay off (not yet measured). FAISS stays available by name: it is
-the paper's radius-neighbour formulation and the route to approximate indexes later.
+512-row blocks, which made the CIFAR-10 shape 0.13 s per class, 14x scikit-learn;
+``benchmarks/gradsim.py`` reproduces the CIFAR-10 and ImageNet shapes), so ``auto`` is the
+Gram backend everywhere, on the GPU when torch sees one and the class is large enough
+(≥ 1 GFLOP) for the transfer to pay off (not yet measured). FAISS stays available by name:
+it is the paper's radius-neighbour formulation and the route to approximate indexes later.
 """
 from __future__ import annotations
 

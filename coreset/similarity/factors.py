@@ -67,7 +67,8 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, x / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(x))
 
 
-def unit_factors(err: ArrayLike, emb: ArrayLike, dtype: torch.dtype, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def unit_factors(err: ArrayLike, emb: ArrayLike, dtype: torch.dtype,
+                 device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(Ê, Ĥ): row-normalised ``err`` and row-normalised ``[h; 1]``."""
     e = as_tensor(err, dtype, device)
     h = as_tensor(emb, dtype, device)

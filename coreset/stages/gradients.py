@@ -196,7 +196,8 @@ def compute_shard(model: Classifier, datasets: Datasets, task: ShardTask, cfg: G
         columns[col] = pa.array(cat[col].double().numpy()) if col in cat else pa.nulls(n, pa.float64())
     for name in ("err", "emb"):
         values = cat[name].float().numpy().astype(np_factor)
-        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=factor_type), values.shape[1])
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=factor_type),
+                                                          values.shape[1])
     return to_arrow(pa.table(columns), "gradients")
 
 

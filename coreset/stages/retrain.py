@@ -94,7 +94,8 @@ def subset_ids(trial: Trial, subsets: pd.DataFrame, train_ids: np.ndarray) -> np
     rows = subsets[(subsets.method == trial.method) & np.isclose(subsets.fraction, trial.fraction)
                    & (subsets.seed == trial.seed)]
     if rows.empty:
-        raise StageError(f"no subset for {trial.method} at fraction {trial.fraction} seed {trial.seed}; run jobs/score.py")
+        raise StageError(f"no subset for {trial.method} at fraction {trial.fraction} seed {trial.seed}; "
+                         f"run jobs/score.py")
     return np.sort(rows.sample_id.to_numpy())
 
 
@@ -134,7 +135,8 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     test = datasets.batches("test", None, cfg.train.eval_batch_size)
     accs = []
     for interval in range(1, intervals + 1):
-        stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device, cfg.train.amp)
+        stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device,
+                                cfg.train.amp)
         acc = evaluate(model, test, device, cfg.train.amp).acc
         accs.append(acc)
         report({"epoch": interval, "step": interval * per_interval, "test_acc": acc, "train_loss": stats.loss})

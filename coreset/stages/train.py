@@ -79,7 +79,8 @@ def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: boo
     if root.exists(layout.SPLIT):
         split = read_table(root, layout.SPLIT, "split")
         _check_skipped(cfg, root, datasets)  # first: it says why the train set changed
-        if len(split) != len(datasets.train) or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy()):
+        if (len(split) != len(datasets.train)
+                or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy())):
             raise DataError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
                              f"({len(split)} rows vs {len(datasets.train)} images); use a new study root")
         return split
@@ -139,7 +140,8 @@ def trajectory_rows(model: Classifier, datasets: Datasets, ids: np.ndarray, epoc
         f = last_layer_factors(model, x.to(device), y.to(device))
         norms = last_layer_norms(f.err, f.emb)
         parts.append(pd.DataFrame({"sample_id": sid.numpy(), "label": y.numpy(), "epoch": epoch,
-                                   "loss": f.loss.cpu().numpy(), **{k: v.cpu().double().numpy() for k, v in norms.items()}}))
+                                   "loss": f.loss.cpu().numpy(),
+                                   **{k: v.cpu().double().numpy() for k, v in norms.items()}}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -189,8 +191,8 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
         stats = train_one_epoch(net, train_batches, optimizer, scheduler, device, cfg.train.amp, progress)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc}
         if lead:
-            val = evaluate(model, datasets.batches("train", val_ids, cfg.train.eval_batch_size), device, cfg.train.amp) \
-                if len(val_ids) else None
+            val = evaluate(model, datasets.batches("train", val_ids, cfg.train.eval_batch_size), device,
+                           cfg.train.amp) if len(val_ids) else None
             test = evaluate(model, datasets.batches("test", None, cfg.train.eval_batch_size), device, cfg.train.amp)
             row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss": stats.loss, "train_acc": stats.acc,
                    "val_acc": val.acc if val else float("nan"), "test_acc": test.acc, "wall_s": stats.wall_s,

@@ -133,7 +133,8 @@ def test_gradients_job_without_source_is_one_line(tmp_path: Path) -> None:
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(repo / "jobs" / "gradients.py"), "--config", str(repo / "jobs/configs/smoke.yaml"),
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "gradients.py"),
+                           "--config", str(repo / "jobs/configs/smoke.yaml"),
                            "--root", str(tmp_path), "--set", "data.name=synthetic"],
                           capture_output=True, text=True, timeout=300, cwd=repo)
     assert proc.returncode == 2
@@ -162,7 +163,8 @@ def test_job_refusing_new_settings_leaves_the_recorded_config(fresh: StudyRoot, 
                            "--root", fresh.uri, "--set", "gradients.shard_size=32"],
                           capture_output=True, text=True, timeout=300, cwd=repo)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "computed with other settings (" in proc.stderr
+    assert (proc.stderr.strip().splitlines()[-1].startswith("error: ")
+            and "computed with other settings (" in proc.stderr)
     after = {p.relative_to(fresh.uri): p.read_bytes() for p in Path(fresh.uri).rglob("*") if p.is_file()}
     assert after == before
 

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_short_mnist_training_reaches_97_percent(tmp_path: Path, shared_data: Path) -> None:
-    cfg = load_config(REPO / "jobs/configs/mnist.yaml", ["train.epochs=1", "train.probe_size=64", f"data.root={shared_data}"])
+    cfg = load_config(REPO / "jobs/configs/mnist.yaml",
+                      ["train.epochs=1", "train.probe_size=64", f"data.root={shared_data}"])
     root = StudyRoot(str(tmp_path))
     result = train_source(cfg, root)
     assert result.final_test_acc >= 0.97

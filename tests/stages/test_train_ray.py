@@ -43,7 +43,8 @@ def test_two_worker_data_parallel_training(tmp_path: Path, local_ray: dict) -> N
 @pytest.mark.ray
 def test_mnist_job_must_show(tmp_path: Path, shared_data: Path) -> None:
     """The issue's acceptance: the shipped MNIST config reaches 98.5% through the job CLI."""
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(REPO / "jobs/configs/mnist.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"),
+                           "--config", str(REPO / "jobs/configs/mnist.yaml"),
                            "--root", str(tmp_path), "--set", f"data.root={shared_data}"],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
