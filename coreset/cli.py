@@ -32,6 +32,7 @@ class JobArgs:
     config: StudyConfig
     root: StudyRoot
     address: str | None
+    verbose: bool = False
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -41,6 +42,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides with dotted keys, e.g. --set train.epochs=3 data.root=/data")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show what Ray's workers, Train and Tune print (kept in Ray's session logs otherwise)")
     return p
 
 
@@ -60,7 +63,7 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
         check_study(cfg, root)
     except UserError as e:
         fail(str(e))
-    return JobArgs(cfg, root, ns.address), ns
+    return JobArgs(cfg, root, ns.address, ns.verbose), ns
 
 
 def configure_logging() -> None:

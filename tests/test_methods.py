@@ -157,6 +157,18 @@ def test_gradsimcore_scores_are_brute_force_counts_summed_over_epochs() -> None:
     assert np.array_equal(scores["score"].to_numpy(), expected)
     assert scores.columns.tolist() == ["sample_id", "label", "score"]
     assert method.thresholds_["threshold"].eq(0.2).all() and len(method.thresholds_) == 6
+    # As the score stage reads them: factor columns Arrow-backed (fixed-size lists), not per-row arrays.
+    import pyarrow as pa
+
+    def fixed(column: pd.Series) -> pa.FixedSizeListArray:
+        values = np.stack(column)
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
+
+    arrow = pa.table({"sample_id": table.sample_id, "label": table.label, "epoch": table.epoch,
+                      "err": fixed(table.err), "emb": fixed(table.emb)})
+    backed = arrow.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_fixed_size_list(t) else None)
+    assert isinstance(backed.err.dtype, pd.ArrowDtype)
+    assert np.array_equal(method.score(backed)["score"], expected)
 
 
 def test_gradsimcore_quantile_threshold_and_class_balanced_top() -> None:
@@ -198,3 +210,28 @@ def test_gradsimcore_bad_threshold(params: dict) -> None:
 def test_gradsimcore_missing_factors() -> None:
     with pytest.raises(ValueError, match="needs columns \\['err', 'emb'\\]"):
         get_method("gradsimcore").score(norm_table(np.ones(3)))
+
+
+def test_every_method_describes_itself() -> None:
+    """What the config, the score stage and the manifest read from each registered method."""
+    import dataclasses
+    import json
+
+    from coreset.methods import Context, Inputs
+
+    context = Context(final_epoch=5, factor_epochs=(1, 2), norm="l2_weights", seed=3)
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        assert dataclasses.is_dataclass(cls.Params) and cls.Params.__dataclass_params__.frozen, name
+        method = cls.from_study(cls.Params(), context)
+        assert method.name == name
+        inputs = method.inputs()
+        assert isinstance(inputs, Inputs) and set(inputs.epochs) <= {5, 1, 2}, name
+        assert set(inputs.columns) <= {"l2_weights", "err", "emb"}, name
+        json.dumps(method.settings())  # recorded in scores/_manifest.json
+    gsc = METHODS.get("gradsimcore").from_study(METHODS.get("gradsimcore").Params(), context)
+    assert gsc.inputs() == Inputs(columns=("err", "emb"), epochs=(1, 2), by_class=True)
+    assert gsc.settings()["epochs"] == [1, 2] and gsc.settings()["seed"] == 3
+    mag = METHODS.get("max_gradient").from_study(None, context)
+    assert mag.inputs() == Inputs(columns=("l2_weights",), epochs=(5,)) and mag.ranking == "l2_weights"
+    assert METHODS.get("random").from_study(None, context).ranking is None

@@ -11,6 +11,7 @@ from coreset.models import MODELS, InputSpec, build_model
 CASES = [
     ("mnist_cnn", InputSpec(1, 28, 10), 128),
     ("linear", InputSpec(1, 28, 10), 784),
+    ("mlp512", InputSpec(1, 8, 1000), 512),
     ("cnn5", InputSpec(3, 32, 10), 256),
     ("vgg16_bn", InputSpec(3, 32, 10), 512),
     ("vgg16_bn", InputSpec(1, 28, 10), 512),

@@ -133,4 +133,6 @@ def _start_workers(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float
     n = min(n, max_needed)
     actor = ray.remote(max_restarts=3, max_task_retries=3)(GradientWorker)
     log.info("gradients: %d actor(s), %s each", n, options)
-    return [actor.options(**options).remote(cfg.to_dict(), root.uri, threads) for _ in range(n)]
+    # SPREAD: one actor per node before two on one (each reads its own shards and checkpoints).
+    return [actor.options(**options, scheduling_strategy="SPREAD").remote(cfg.to_dict(), root.uri, threads)
+            for _ in range(n)]

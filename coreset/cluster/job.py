@@ -47,7 +47,7 @@ def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.Argume
             if check is not None:
                 check(job.config, job.root)
         record_config(job.config, job.root)
-    return job, ns, init_ray(job.address)
+    return job, ns, init_ray(job.address, job.verbose)
 
 
 def run_stages(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None
@@ -59,6 +59,7 @@ def run_stages(doc: str, stages: Sequence[str], extend: Callable[[argparse.Argum
     with one_line_errors():
         for name in names:
             stage, start = STAGES[name], time.perf_counter()
+            log.info("stage %s: started", name)
             stage.report(stage.run(job.config, job.root, resources), job.root)
-            log.info("stage %s: %.1fs", name, time.perf_counter() - start)
+            log.info("stage %s: finished in %.1fs", name, time.perf_counter() - start)
     return job

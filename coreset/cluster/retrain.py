@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import torch
 from ray import tune
 
 from coreset import layout
-from coreset.cluster.runtime import gpus_available
+from coreset.cluster.runtime import gpus_available, verbose
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.data.formats import cache_dir
@@ -92,6 +94,42 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     return accuracy
 
 
+class TrialProgress(tune.Callback):
+    """A console line at most every ``every_s`` seconds while trials run (Tune's own table is
+    off): trials finished (in earlier runs too), running, the total and the ETA at this run's
+    rate. Runs in the driver, inside Tune's loop."""
+
+    def __init__(self, total: int, finished_before: int, every_s: float = 30.0) -> None:
+        self.total, self.before, self.every_s = total, finished_before, every_s
+        self.start = self.last = time.monotonic()
+
+    def setup(self, **info: Any) -> None:
+        self.start = self.last = time.monotonic()  # also after Tuner.restore unpickles this
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            log.info("%s", self.line(trials, now))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        log.info("%s", self.line(trials, time.monotonic()))
+
+    def line(self, trials: list, now: float) -> str:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        left = self.total - self.before - done
+        eta = f"ETA {_duration((now - self.start) / done * left)}" if done and left > 0 else "ETA unknown"
+        if left <= 0:
+            eta = f"in {_duration(now - self.start)}"
+        return f"retrain: {self.before + done}/{self.total} trials finished, {running} running, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:
     """Where Tune keeps this study's experiment state: the driver's cache, one folder per
     study root and trial settings."""
@@ -107,6 +145,9 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
     per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
     trainable = tune.with_resources(_trainable, per_trial)
     path = tune_experiment_dir(cfg, root, grid)
+    if not verbose():
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy reporter prints nothing at verbose=0
+    progress = TrialProgress(len(grid), len(grid) - len(pending))
     if tune.Tuner.can_restore(str(path)):
         log.info("retrain: restoring the interrupted Tune run %s", path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
@@ -116,7 +157,7 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None),
-            run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
+            run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0, callbacks=[progress],
                                       failure_config=tune.FailureConfig(max_failures=r.max_failures)),
         )
     return tuner.fit()

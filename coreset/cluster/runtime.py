@@ -27,19 +27,34 @@ def user_error(e: BaseException | None) -> BaseException | None:
     return None
 
 
-def init_ray(address: str | None = None) -> dict[str, float]:
+_verbose = False
+
+
+def init_ray(address: str | None = None, verbose: bool = False) -> dict[str, float]:
     """Connect to ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``); else start
     a local Ray on this machine. Returns the cluster's total resources.
 
     Without an address, ``ray.init()`` would join whatever ``ray start`` last launched on
     this machine (another user's cluster, possibly torn down mid-job); "local" always
-    starts the job's own embedded Ray."""
+    starts the job's own embedded Ray.
+
+    The console shows the job's own lines only: what Ray's workers, Train and Tune print
+    stays in Ray's session logs (``/tmp/ray/session_latest/logs``) unless ``verbose``, and
+    each stage reports its progress from the driver instead."""
+    global _verbose
     if not ray.is_initialized():
+        _verbose = verbose
         address = address or os.environ.get("RAY_ADDRESS")
         # The package is importable on every node (installed there, or the job's working dir).
-        ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address or "local", logging_level=logging.WARNING if verbose else logging.ERROR,
+                 log_to_driver=verbose)
         log.info("ray: %s", "joined cluster " + address if address else "embedded local cluster")
     return dict(ray.cluster_resources())
+
+
+def verbose() -> bool:
+    """Whether the job asked for Ray's own output (``--verbose``)."""
+    return _verbose
 
 
 def gpus_available(resources: dict[str, float]) -> int:

@@ -80,7 +80,7 @@ def _score_in_driver(method: SelectionMethod, root: StudyRoot, score_plan: Score
 def _score_by_class(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], work: MethodWork,
                     score_plan: ScorePlan) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     options = {"num_gpus": 1} if gpus_available(resources) else {"num_cpus": 1}
-    task = ray.remote(max_retries=3)(_unit_task).options(**options)
+    task = ray.remote(max_retries=3)(_unit_task).options(**options, scheduling_strategy="SPREAD")
     study, table = cfg.to_dict(), ray.put(score_plan.table)
     pending = [task.remote(study, root.uri, work.name, score_plan.final_epoch, table, unit)
                for unit in class_units(score_plan.table)]

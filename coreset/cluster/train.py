@@ -6,6 +6,7 @@ the cluster.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import ray
@@ -14,12 +15,14 @@ import ray.train.torch
 import torch
 from ray.util.queue import Queue
 
+from coreset import layout
 from coreset.cli import configure_logging
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.errors import StageError, UserError
 from coreset.stages.train import SourceResult, plan, read_source_result, train_source
 from coreset.storage import StudyRoot
+from coreset.tables import read_table
 
 log = logging.getLogger("coreset")
 
@@ -65,8 +68,10 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
         run_config=ray.train.RunConfig(name=f"{cfg.name}-source", storage_path=_storage_path(root),
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
     )
+    watcher = EpochWatcher(cfg, root)
     try:
-        trainer.fit()
+        with watcher:
+            trainer.fit()
         if not errors.empty():
             raise StageError(errors.get_nowait())
     finally:
@@ -75,6 +80,42 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
     if result is None:
         raise StageError(f"source training ended without writing {root.url('source/done.json')}")
     return result
+
+
+class EpochWatcher:
+    """Logs each finished epoch from the root's training log, from the driver, while Ray Train
+    runs (the workers' own lines stay in Ray's session logs): the root says what is done."""
+
+    def __init__(self, cfg: StudyConfig, root: StudyRoot, every_s: float = 5.0) -> None:
+        self.cfg, self.root, self.every_s = cfg, root, every_s
+        self.logged = plan(cfg, root).epochs_done
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="epoch-watcher", daemon=True)
+
+    def __enter__(self) -> EpochWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        if not self.root.exists(layout.TRAIN_LOG):
+            return
+        try:
+            rows = read_table(self.root, layout.TRAIN_LOG, "train_log")
+        except UserError:  # being replaced right now: read it next time
+            return
+        for row in rows[rows.epoch > self.logged].itertuples():
+            log.info("train: epoch %d/%d: train loss %.4f acc %.4f | val %.4f | test %.4f | %.1fs", row.epoch,
+                     self.cfg.train.epochs, row.train_loss, row.train_acc, row.val_acc, row.test_acc, row.wall_s)
+            self.logged = int(row.epoch)
 
 
 def _storage_path(root: StudyRoot) -> str:

@@ -48,3 +48,11 @@ def cnn5(spec: InputSpec) -> Classifier:
         nn.Linear(128 * s * s, 256), nn.ReLU(),
     )
     return Classifier(body, nn.Linear(256, spec.num_classes), spec)
+
+
+@MODELS.register("mlp512")
+def mlp512(spec: InputSpec) -> Classifier:
+    """One hidden layer of 512 units: the penultimate width of ResNet-18 (so GradSimCore's ``emb``
+    has ImageNet's shape) at almost a linear model's cost, for scale studies on synthetic data."""
+    d = spec.channels * spec.image_size * spec.image_size
+    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(d, 512), nn.ReLU()), nn.Linear(512, spec.num_classes), spec)

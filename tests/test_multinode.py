@@ -1,0 +1,77 @@
+"""Several nodes: a 3-node Ray cluster on loopback (``ray start --head`` and two ``ray start
+--address`` worker nodes, each its own raylet), the smoke study submitted with ``ray job submit``
+to an S3 root on the local S3 server. Ray's task records show that gradient shards, class
+scoring and retraining trials ran on more than one node, and the tables hold every row once."""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from clusters import add_worker, start_head, stop, wait_nodes
+from studies import SMOKE_SYNTHETIC
+
+from coreset.config import load_config
+from coreset.stages.retrain import trial_grid
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
+EXCLUDES = [".git", "results", ".pytest_cache", "**/__pycache__"]
+# One CPU per node, so that concurrent work must spread over the nodes; several shards, class
+# units and trials, so that there is work to spread.
+SPREAD = [*SMOKE_SYNTHETIC, "train.cpus_per_worker=1", "gradients.shard_size=64", "gradients.cpus_per_worker=1",
+          "retrain.cpus_per_trial=1", "score.fractions=[0.05, 0.1]", "score.seeds=[0, 1]"]
+
+
+def _nodes_by_task(head) -> dict[str, set[str]]:
+    """Node ids each task name ran on, from Ray's task records (the state API)."""
+    out = subprocess.run(["ray", "list", "tasks", "--address", head.address, "--format", "json", "--detail",
+                          "--limit", "10000"], capture_output=True, text=True, env=head.env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    nodes: dict[str, set[str]] = defaultdict(set)
+    for task in json.loads(out.stdout):
+        if task.get("node_id") and task.get("state") == "FINISHED":
+            nodes[task["name"]].add(task["node_id"])
+    return nodes
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_smoke_study_spreads_over_three_nodes(s3_bucket: str, s3_env, tmp_path: Path) -> None:
+    head = start_head(num_cpus=1)  # after s3_env: every node's workers reach the local S3 server
+    try:
+        add_worker(head, num_cpus=1)
+        add_worker(head, num_cpus=1)
+        wait_nodes(head, 3)
+        root = f"s3://{s3_bucket}/studies/multinode"
+        submit = subprocess.run(
+            ["ray", "job", "submit", "--address", head.address, "--working-dir", str(REPO),
+             "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--log-style", "record", "--",
+             "python", "jobs/study.py", "--config", "jobs/configs/smoke.yaml", "--root", root, "--set", *SPREAD],
+            capture_output=True, text=True, env=head.env, timeout=780, cwd=tmp_path)
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        nodes = _nodes_by_task(head)
+    finally:
+        stop(head)
+
+    def ran_on(prefix: str) -> set[str]:
+        return set().union(*(ids for name, ids in nodes.items() if name.startswith(prefix)))
+
+    assert len(ran_on("GradientWorker.run")) >= 2, dict(nodes)
+    assert len(ran_on("_unit_task")) >= 2, dict(nodes)
+    assert len(ran_on("ImplicitFunc.train")) >= 2, dict(nodes)
+
+    cfg = load_config(SMOKE, SPREAD)
+    accuracy = pd.read_parquet(f"{root}/accuracy.parquet")
+    assert (sorted(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=True))
+            == sorted((t.method, t.fraction, t.seed) for t in trial_grid(cfg)))
+    split = pd.read_parquet(f"{root}/split.parquet")
+    train = set(split.sample_id[split.split == "train"])
+    gradients = pd.read_parquet(f"{root}/gradients", columns=["sample_id", "epoch"])
+    assert not gradients.duplicated().any() and gradients.groupby("epoch").sample_id.apply(set).eq(train).all()
+    scores = pd.read_parquet(f"{root}/scores")
+    assert scores.groupby("method").sample_id.apply(lambda s: s.is_unique and set(s) == train).all()
