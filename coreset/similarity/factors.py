@@ -47,6 +47,8 @@ def stack_list_column(column: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndar
 
 def as_tensor(x: ArrayLike, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
     """A 2-D tensor of ``dtype`` on ``device`` (float16 inputs are upcast exactly)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # a zero-copy view of Arrow's buffer
+        x = np.array(x, dtype=torch.empty(0, dtype=dtype).numpy().dtype)  # the cast copies anyway
     t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     if t.ndim != 2:
         raise ValueError(f"expected a 2-D array, got shape {tuple(t.shape)}")
