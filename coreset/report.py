@@ -14,7 +14,8 @@ def format_summary(accuracy: pd.DataFrame) -> str:
         cell = rows.apply(lambda r: f"{100 * r.test_acc_mean:.2f} ± {100 * (r.test_acc_std if r.seeds > 1 else 0):.2f}",
                           axis=1)
         grid = rows.assign(cell=cell).pivot(index="method", columns="fraction", values="cell").fillna("")
-        blocks.append(f"test accuracy (%) of {target}, mean ± std over seeds:\n{grid.to_string()}")
+        grid.index.name = None  # one header line: the fractions
+        blocks.append(f"test accuracy (%) of {target} by method and fraction, mean ± std over seeds:\n{grid.to_string()}")
     return "\n\n".join(blocks)
 
 

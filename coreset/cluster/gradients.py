@@ -77,11 +77,11 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     if root.remove_partial_writes(layout.GRADIENTS):  # no actor of this stage runs yet
         log.info("gradients: removed partial files of an interrupted run")
     done = len(work.tasks) - len(work.todo)
-    log.info("gradients: %d shards, %d already done, %d to compute", len(work.tasks), done, len(work.todo))
+    log.debug("gradients: %d shards, %d already done, %d to compute", len(work.tasks), done, len(work.todo))
     compute_s = 0.0
     if work.todo or work.need_bound:
         pool_actors = _start_workers(cfg, root, resources, max(1, len(work.todo)))
-        compute_s = _run_shards(pool_actors, work.todo, Progress("gradient shards", len(work.todo), every_s=10))
+        compute_s = _run_shards(pool_actors, work.todo, Progress("gradients: shards", len(work.todo)))
         if work.need_bound:
             rows = ray.get(pool_actors[0].bound.remote(work.train_ids, work.final_epoch))
             write_table(root, layout.BATCH_BOUND, pd.DataFrame(rows), "batch_bound")
@@ -132,7 +132,7 @@ def _start_workers(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float
         n, options = gcfg.workers or max(1, cpus // threads), {"num_cpus": threads}
     n = min(n, max_needed)
     actor = ray.remote(max_restarts=3, max_task_retries=3)(GradientWorker)
-    log.info("gradients: %d actor(s), %s each", n, options)
+    log.debug("gradients: %d actor(s), %s each", n, options)
     # SPREAD: one actor per node before two on one (each reads its own shards and checkpoints).
     return [actor.options(**options, scheduling_strategy="SPREAD").remote(cfg.to_dict(), root.uri, threads)
             for _ in range(n)]

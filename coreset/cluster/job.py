@@ -13,6 +13,7 @@ from coreset.cli import JobArgs, fail, parse_job_args, record_config
 from coreset.cluster.runtime import init_ray, user_error
 from coreset.cluster.stages import STAGES
 from coreset.data import load_datasets
+from coreset.progress import duration
 from coreset.stages.train import check_study_data
 
 log = logging.getLogger("coreset")
@@ -59,7 +60,10 @@ def run_stages(doc: str, stages: Sequence[str], extend: Callable[[argparse.Argum
     with one_line_errors():
         for name in names:
             stage, start = STAGES[name], time.perf_counter()
-            log.info("stage %s: started", name)
-            stage.report(stage.run(job.config, job.root, resources), job.root)
-            log.info("stage %s: finished in %.1fs", name, time.perf_counter() - start)
+            log.info("stage %s: %s", name, stage.plan(job.config, job.root).summary())
+            result = stage.run(job.config, job.root, resources)
+            log.info("stage %s: finished in %s: %s", name, duration(time.perf_counter() - start),
+                     stage.summary(result, job.root))
+            if stage.show is not None:
+                stage.show(result)
     return job

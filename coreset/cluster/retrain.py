@@ -30,6 +30,7 @@ from coreset.data import load_datasets
 from coreset.data.formats import cache_dir
 from coreset.devices import pick_device
 from coreset.errors import StageError, UserError
+from coreset.progress import duration
 from coreset.stages.retrain import Trial, grid_name, plan, retrain, settings_key, subset_ids
 from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
@@ -72,7 +73,7 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
     """Run every unfinished trial; returns (and writes) the accuracy table of the whole grid."""
     work = plan(cfg, root)
     grid, pending = work.grid, work.pending
-    log.info("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
+    log.debug("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     errored = 0
     if pending:
         results = _tune(cfg, root, resources, grid, pending)
@@ -95,9 +96,9 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) 
 
 
 class TrialProgress(tune.Callback):
-    """A console line at most every ``every_s`` seconds while trials run (Tune's own table is
-    off): trials finished (in earlier runs too), running, the total and the ETA at this run's
-    rate. Runs in the driver, inside Tune's loop."""
+    """A console line every ``every_s`` seconds while trials run (Tune's own table is off):
+    trials finished (in earlier runs too), running, the total and the ETA at this run's rate.
+    Runs in the driver, inside Tune's loop."""
 
     def __init__(self, total: int, finished_before: int, every_s: float = 30.0) -> None:
         self.total, self.before, self.every_s = total, finished_before, every_s
@@ -112,22 +113,14 @@ class TrialProgress(tune.Callback):
             self.last = now
             log.info("%s", self.line(trials, now))
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        log.info("%s", self.line(trials, time.monotonic()))
-
     def line(self, trials: list, now: float) -> str:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         left = self.total - self.before - done
-        eta = f"ETA {_duration((now - self.start) / done * left)}" if done and left > 0 else "ETA unknown"
+        eta = f"ETA {duration((now - self.start) / done * left)}" if done and left > 0 else "ETA unknown"
         if left <= 0:
-            eta = f"in {_duration(now - self.start)}"
+            eta = f"in {duration(now - self.start)}"
         return f"retrain: {self.before + done}/{self.total} trials finished, {running} running, {eta}"
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:

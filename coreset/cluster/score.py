@@ -63,7 +63,7 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
             scores, analysis = _score_in_driver(work.method, root, score_plan)
         write_method(cfg, root, work, scores, analysis)
         summary.computed.append(work.name)
-        log.info("score: %s done (%d samples)", work.name, len(scores))
+        log.debug("score: %s done (%d samples)", work.name, len(scores))
     if summary.computed or not root.exists(layout.analysis("label_entropy")):
         write_label_entropy(cfg, root, score_plan)
     summary.subset_sizes = subset_sizes(cfg, root)
@@ -84,7 +84,7 @@ def _score_by_class(cfg: StudyConfig, root: StudyRoot, resources: dict[str, floa
     study, table = cfg.to_dict(), ray.put(score_plan.table)
     pending = [task.remote(study, root.uri, work.name, score_plan.final_epoch, table, unit)
                for unit in class_units(score_plan.table)]
-    progress = Progress(f"{work.name} class units", len(pending), every_s=10)
+    progress = Progress(f"score: {work.name} class units", len(pending))
     parts = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

@@ -3,7 +3,6 @@ that refuses contradicting settings before any work, and the line that reports i
 Every job runs stages from this table (``jobs/<stage>.py`` one, ``jobs/study.py`` several)."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,46 +15,44 @@ from coreset.cluster.score import ScoreSummary, run_score
 from coreset.cluster.train import run_train
 from coreset.config import StudyConfig
 from coreset.report import print_summary
-from coreset.stages import gradients
+from coreset.stages import gradients, retrain, score, train
 from coreset.stages.train import SourceResult
 from coreset.storage import StudyRoot
-
-log = logging.getLogger("coreset")
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
+    plan: Callable[[StudyConfig, StudyRoot], Any]  # pure: what is done and left (``.summary()``)
     run: Callable[[StudyConfig, StudyRoot, dict[str, float]], Any]
-    report: Callable[[Any, StudyRoot], None]
-    check: Callable[[StudyConfig, StudyRoot], None] | None = None  # pure; reads the root only
+    summary: Callable[[Any, StudyRoot], str]  # the result, in the stage's last console line
+    check: Callable[[StudyConfig, StudyRoot], None] | None = None  # pure; refuses contradicting settings
+    show: Callable[[Any], None] | None = None  # more than a line: the accuracy table
 
 
-def _report_train(result: SourceResult, root: StudyRoot) -> None:
-    log.info("source model: best epoch %d, validation accuracy %.4f, final test accuracy %.4f -> %s",
-             result.best_epoch, result.best_val_acc, result.final_test_acc, root.url("source"))
+def _train(result: SourceResult, root: StudyRoot) -> str:
+    return (f"best epoch {result.best_epoch}, validation accuracy {result.best_val_acc:.4f}, "
+            f"final test accuracy {result.final_test_acc:.4f} -> {root.url('source')}")
 
 
-def _report_gradients(summary: GradientsSummary, root: StudyRoot) -> None:
-    log.info("gradients: %d rows per epoch at epochs %s (final %d); %d shards computed, %d skipped, %.1fs -> %s",
-             summary.rows_per_epoch, summary.epochs, summary.final_epoch, summary.shards_computed,
-             summary.shards_skipped, summary.wall_s, root.url("gradients"))
+def _gradients(summary: GradientsSummary, root: StudyRoot) -> str:
+    return (f"{summary.rows_per_epoch} rows per epoch at epochs {summary.epochs} (final {summary.final_epoch}), "
+            f"{summary.shards_computed} shards computed, {summary.shards_skipped} skipped -> {root.url('gradients')}")
 
 
-def _report_score(summary: ScoreSummary, root: StudyRoot) -> None:
-    log.info("score: computed %s, skipped %s in %.1fs", summary.computed or "nothing", summary.skipped or "nothing",
-             summary.wall_s)
-    for method, sizes in summary.subset_sizes.items():
-        log.info("subset sizes %-24s %s", method, sizes)
+def _score(summary: ScoreSummary, root: StudyRoot) -> str:
+    sizes = {str(s) for s in summary.subset_sizes.values()}
+    per = f"subset sizes {sizes.pop()}" if len(sizes) == 1 else f"subset sizes {summary.subset_sizes}"
+    return f"computed {summary.computed or 'nothing'}, skipped {summary.skipped or 'nothing'}; {per}"
 
 
-def _report_retrain(accuracy: pd.DataFrame, root: StudyRoot) -> None:
-    print_summary(accuracy)
+def _retrain(accuracy: pd.DataFrame, root: StudyRoot) -> str:
+    return f"{len(accuracy)} trials -> {root.url('accuracy.parquet')}"
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("train", run_train, _report_train),
-    Stage("gradients", run_gradients, _report_gradients, check=gradients.check),
-    Stage("score", run_score, _report_score),
-    Stage("retrain", run_retrain, _report_retrain),
+    Stage("train", train.plan, run_train, _train),
+    Stage("gradients", gradients.plan, run_gradients, _gradients, check=gradients.check),
+    Stage("score", score.plan, run_score, _score),
+    Stage("retrain", retrain.plan, run_retrain, _retrain, show=print_summary),
 )}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import ray
@@ -53,7 +54,7 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
     """Train the source model on the cluster (skipped when the root already holds it)."""
     work = plan(cfg, root)
     if work.result is not None:
-        log.info("source training already finished in %s (best epoch %d)", root.url(), work.result.best_epoch)
+        log.debug("source training already finished in %s (best epoch %d)", root.url(), work.result.best_epoch)
         return work.result
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu == "yes" or (cfg.train.use_gpu == "auto" and gpus_available(resources) >= workers)
@@ -83,12 +84,14 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
 
 
 class EpochWatcher:
-    """Logs each finished epoch from the root's training log, from the driver, while Ray Train
-    runs (the workers' own lines stay in Ray's session logs): the root says what is done."""
+    """Logs the latest finished epoch from the root's training log, from the driver, at most
+    every ``every_s`` seconds and once at the end, while Ray Train runs (the workers' own lines
+    stay in Ray's session logs): the root says what is done."""
 
-    def __init__(self, cfg: StudyConfig, root: StudyRoot, every_s: float = 5.0) -> None:
-        self.cfg, self.root, self.every_s = cfg, root, every_s
+    def __init__(self, cfg: StudyConfig, root: StudyRoot, every_s: float = 30.0, poll_s: float = 5.0) -> None:
+        self.cfg, self.root, self.every_s, self.poll_s = cfg, root, every_s, poll_s
         self.logged = plan(cfg, root).epochs_done
+        self.last = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="epoch-watcher", daemon=True)
 
@@ -99,23 +102,25 @@ class EpochWatcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.poll()
+        self.poll(force=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._stop.wait(self.poll_s):
             self.poll()
 
-    def poll(self) -> None:
-        if not self.root.exists(layout.TRAIN_LOG):
+    def poll(self, force: bool = False) -> None:
+        if not (force or time.monotonic() - self.last >= self.every_s) or not self.root.exists(layout.TRAIN_LOG):
             return
         try:
             rows = read_table(self.root, layout.TRAIN_LOG, "train_log")
         except UserError:  # being replaced right now: read it next time
             return
-        for row in rows[rows.epoch > self.logged].itertuples():
-            log.info("train: epoch %d/%d: train loss %.4f acc %.4f | val %.4f | test %.4f | %.1fs", row.epoch,
-                     self.cfg.train.epochs, row.train_loss, row.train_acc, row.val_acc, row.test_acc, row.wall_s)
-            self.logged = int(row.epoch)
+        if rows.empty or int(rows.epoch.max()) <= self.logged:
+            return
+        row = rows.iloc[-1]
+        log.info("train: epoch %d/%d: train loss %.4f acc %.4f | val %.4f | test %.4f | %.1fs", row.epoch,
+                 self.cfg.train.epochs, row.train_loss, row.train_acc, row.val_acc, row.test_acc, row.wall_s)
+        self.logged, self.last = int(row.epoch), time.monotonic()
 
 
 def _storage_path(root: StudyRoot) -> str:

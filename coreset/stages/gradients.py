@@ -54,6 +54,11 @@ class GradientsPlan:
     manifest: dict[str, object]
     need_bound: bool
 
+    def summary(self) -> str:
+        epochs = sorted({t.epoch for t in self.tasks})
+        return (f"{len(self.todo)} of {len(self.tasks)} shards to compute "
+                f"({len(self.train_ids)} images x epochs {epochs})")
+
 
 def plan(cfg: StudyConfig, root: StudyRoot) -> GradientsPlan:
     """What is left of the study's gradient table; refuses a root whose table was computed

@@ -75,6 +75,9 @@ class RetrainPlan:
     def row_path(self, trial: Trial) -> str:
         return layout.trial_row(self.settings, trial.key)
 
+    def summary(self) -> str:
+        return f"{len(self.pending)} of {len(self.grid)} trials to run"
+
 
 def plan(cfg: StudyConfig, root: StudyRoot) -> RetrainPlan:
     """Every trial of the grid and those not finished (no accuracy row under these settings)."""

@@ -54,6 +54,9 @@ class ScorePlan:
     def todo(self) -> list[MethodWork]:
         return [m for m in self.methods if not m.done]
 
+    def summary(self) -> str:
+        return f"{len(self.todo)} of {len(self.methods)} methods to score ({', '.join(w.name for w in self.todo)})"
+
 
 def gradient_manifest(root: StudyRoot) -> dict:
     if not root.exists(layout.GRADIENTS_MANIFEST):

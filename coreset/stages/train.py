@@ -61,6 +61,11 @@ class TrainPlan:
     def finished(self) -> bool:
         return self.result is not None
 
+    def summary(self) -> str:
+        if self.finished:
+            return "finished before"
+        return f"{self.epochs - self.epochs_done} of {self.epochs} epochs to run"
+
 
 def plan(cfg: StudyConfig, root: StudyRoot) -> TrainPlan:
     """The resume plan of source training, from the root's records (no checkpoint is read)."""
