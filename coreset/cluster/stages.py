@@ -17,6 +17,7 @@ from coreset.cluster.train import run_train
 from coreset.config import StudyConfig
 from coreset.report import print_summary
 from coreset.stages import gradients
+from coreset.stages.report import ReportResult, write_report
 from coreset.stages.train import SourceResult
 from coreset.storage import StudyRoot
 
@@ -53,9 +54,20 @@ def _report_retrain(accuracy: pd.DataFrame, root: StudyRoot) -> None:
     print_summary(accuracy)
 
 
+def _run_report(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> ReportResult:
+    """The report needs no Ray: it reads the root's tables and draws in this process."""
+    return write_report(cfg, root)
+
+
+def _report_report(result: ReportResult, root: StudyRoot) -> None:
+    log.info("report: %d figures drawn, %d unchanged, %d not drawn (%s) -> %s", len(result.drawn),
+             len(result.unchanged), len(result.notes), ", ".join(sorted(result.notes)) or "none", result.index)
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", run_train, _report_train),
     Stage("gradients", run_gradients, _report_gradients, check=gradients.check),
     Stage("score", run_score, _report_score),
     Stage("retrain", run_retrain, _report_retrain),
+    Stage("report", _run_report, _report_report),
 )}
