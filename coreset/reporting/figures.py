@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
+import torch
 
 from coreset import figures, layout
 from coreset.analysis import topk_overlap_curve
@@ -54,12 +55,12 @@ class Sources:
         data = self.datasets
         if isinstance(data, str):
             return data
-        train = data.train
+        train, index = data.train, torch.from_numpy(np.array(ids, dtype=np.int64))
         if train.in_memory:
-            pixels = train.images[ids].numpy()
+            pixels = train.images[index].numpy()
         else:
             pixels = np.stack([np.asarray(resize_center_crop(train.decode(int(i)), FILE_IMAGE_SIZE)) for i in ids])
-        return pixels, [train.classes[int(c)] for c in train.labels[ids]]
+        return pixels, [train.classes[int(c)] for c in train.labels[index]]
 
 
 @dataclass(frozen=True)
@@ -124,17 +125,26 @@ def _percentile_images(src: Sources, path: Path) -> figures.Rendered | str:
         return got
     pixels, names = got
     titles = [f"p{p:g} {n}" for p, n in zip(rows["percentile"], names, strict=True)]
-    return figures.image_grid(pixels, titles, path, cols=PER_PERCENTILE,
-                              title=f"Rows: 99th, 95th, 50th, 5th percentile of {src.cfg.score.norm}")
+    out = figures.image_grid(pixels, titles, path, cols=PER_PERCENTILE,
+                             title=f"Rows: 99th, 95th, 50th, 5th percentile of {src.cfg.score.norm}")
+    return _shown(out, rows.assign(class_name=names))
 
 
 def _top_images(src: Sources, path: Path) -> figures.Rendered | str:
-    ids = top_k(magnitude(src.cfg, src.root), TOP_IMAGES)
+    scores = magnitude(src.cfg, src.root)
+    ids = top_k(scores, TOP_IMAGES)
     got = src.images(ids)
     if isinstance(got, str):
         return got
     pixels, names = got
-    return figures.image_grid(pixels, names, path, cols=8, title=f"The {len(ids)} largest {src.cfg.score.norm}")
+    out = figures.image_grid(pixels, names, path, cols=8, title=f"The {len(ids)} largest {src.cfg.score.norm}")
+    rows = scores.set_index("sample_id").loc[ids].reset_index()
+    return _shown(out, rows.assign(rank=np.arange(1, len(ids) + 1), class_name=names))
+
+
+def _shown(out: figures.Rendered, rows: pd.DataFrame) -> figures.Rendered:
+    """An image grid with the table of what it shows (sample ids, scores), not just its titles."""
+    return figures.Rendered(out.path, pd.concat([out.data, rows.reset_index(drop=True)], axis=1))
 
 
 def _split(root: StudyRoot) -> pd.DataFrame:
@@ -162,19 +172,22 @@ def _gradsimcore_images(src: Sources, path: Path) -> figures.Rendered | str:
     scores = read_table(src.root, layout.scores("gradsimcore"), "scores")
     labels = np.sort(scores["label"].unique())
     chosen = labels[np.unique(np.linspace(0, len(labels) - 1, min(RANKED_CLASSES, len(labels))).round().astype(int))]
-    ids, ranks = [], []
+    ids, ranks, ends = [], [], []
     for label in chosen:
         order = top_k(scores[scores["label"] == label], len(scores))
         per = min(PER_END, len(order) // 2)
         ids += [*order[:per], *order[len(order) - per:]]
-        ranks += [*(f"best {r + 1}" for r in range(per)), *(f"rank {len(order) - per + r + 1}" for r in range(per))]
+        ranks += [*range(1, per + 1), *range(len(order) - per + 1, len(order) + 1)]
+        ends += ["best"] * per + ["worst"] * per
     got = src.images(np.asarray(ids, dtype=np.int64))
     if isinstance(got, str):
         return got
     pixels, names = got
-    titles = [f"{n}\n{r}" for n, r in zip(names, ranks, strict=True)]
-    return figures.image_grid(pixels, titles, path, cols=2 * PER_END,
-                              title="GradSimCore: best-ranked (left) and worst-ranked (right) images per class")
+    titles = [f"{n}\n{'best' if e == 'best' else 'rank'} {r}" for n, e, r in zip(names, ends, ranks, strict=True)]
+    out = figures.image_grid(pixels, titles, path, cols=2 * PER_END,
+                             title="GradSimCore: best-ranked (left) and worst-ranked (right) images per class")
+    rows = scores.set_index("sample_id").loc[ids].reset_index()
+    return _shown(out, rows.assign(end=ends, class_rank=ranks, class_name=names))
 
 
 def _overlap_inputs(src: Sources) -> list[tuple[StudyRoot, str]] | None:

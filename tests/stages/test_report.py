@@ -288,3 +288,21 @@ def test_report_job(full: Path, tmp_path: Path) -> None:
     empty = subprocess.run([*job, "--root", str(tmp_path / "empty")], capture_output=True, text=True, env=env,
                            timeout=300)
     assert empty.returncode == 2 and empty.stderr.count("\n") == 1 and "nothing to report" in empty.stderr, empty.stderr
+
+
+def test_file_backed_sets_decode_only_the_images_shown(shared_data: Path, tmp_path: Path) -> None:
+    from folders import tiny_folder
+
+    from coreset.reporting.figures import FILE_IMAGE_SIZE, Sources
+
+    folder = tiny_folder(shared_data, tmp_path / "tiny")
+    cfg = synthetic_study("files", "data.name=imagefolder", f"data.root={folder}", "data.max_decoded_gb=0",
+                          f"data.cache_dir={tmp_path / 'cache'}")
+    src = Sources(cfg, StudyRoot(str(tmp_path / "study")))
+    assert not isinstance(src.datasets, str) and not src.datasets.train.in_memory
+    pixels, names = src.images(np.array([0, 5]))
+    assert pixels.shape == (2, FILE_IMAGE_SIZE, FILE_IMAGE_SIZE, 3) and pixels.dtype == np.uint8
+    assert names == [src.datasets.train.classes[0], src.datasets.train.classes[1]]
+    missing = Sources(synthetic_study("gone", "data.name=imagefolder", f"data.root={tmp_path / 'nowhere'}"),
+                      StudyRoot(str(tmp_path / "study")))
+    assert missing.images(np.array([0])).startswith("images not shown: ")
