@@ -27,7 +27,7 @@ from coreset.config import StudyConfig
 from coreset.errors import StageError
 from coreset.figures.accuracy import summarise
 from coreset.reporting import published
-from coreset.reporting.figures import RETRAIN, SPECS, FigureSpec, Sources
+from coreset.reporting.figures import RETRAIN, SPECS, FigureSpec, Sources, magnitude_inputs
 from coreset.reporting.page import Table, render
 from coreset.storage import StudyRoot
 from coreset.tables import read_table
@@ -159,6 +159,9 @@ def write_report(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = 
     if not report_plan.figures:
         raise StageError(f"nothing to report in {root.url()}: it holds no table of any stage; run jobs/train.py "
                          "(or jobs/study.py) first")
+    if compare is not None and magnitude_inputs(compare) is None:
+        raise StageError(f"--compare {compare.url()} holds no gradient ranking (scores/max_gradient.parquet or a "
+                         "gradient table); give the root of a study whose gradients or scores have run")
     src = Sources(cfg, root, compare)
     drawn = {w.spec.name: w.fingerprint for w in report_plan.figures if w.done}
     notes = dict(report_plan.missing)

@@ -202,9 +202,11 @@ def test_partial_study_gives_a_partial_report(trained: Path, tmp_path: Path) -> 
     assert "Source training" in page.headings
 
 
-def test_empty_root_is_a_stage_error(tmp_path: Path) -> None:
+def test_empty_root_is_a_stage_error(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(StageError, match="nothing to report"):
         report.write_report(_cfg(), StudyRoot(str(tmp_path / "empty")))
+    with pytest.raises(StageError, match="holds no gradient ranking"):
+        report.write_report(_cfg(), StudyRoot(str(trained)), compare=StudyRoot(str(tmp_path / "empty")))
 
 
 def test_compare_draws_the_topk_overlap(study: StudyRoot, tmp_path: Path) -> None:
