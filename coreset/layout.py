@@ -23,9 +23,14 @@ GRADIENTS_MANIFEST = f"{GRADIENTS}/_manifest.json"
 BATCH_BOUND = "batch_bound.parquet"
 
 
+def gradient_epoch(epoch: int) -> str:
+    """The gradient table's shards at one checkpoint."""
+    return f"{GRADIENTS}/epoch_{epoch:04d}"
+
+
 def gradient_shard(epoch: int, shard: int) -> str:
     """One shard of the gradient table; ``pandas.read_parquet(<root>/gradients)`` reads them all."""
-    return f"{GRADIENTS}/epoch_{epoch:04d}/shard_{shard:05d}.parquet"
+    return f"{gradient_epoch(epoch)}/shard_{shard:05d}.parquet"
 
 
 SCORES = "scores"
@@ -57,3 +62,14 @@ ACCURACY = "accuracy.parquet"
 def trial_row(settings: str, key: str) -> str:
     """One finished retraining trial's accuracy row, under the hash of the training settings."""
     return f"{RETRAIN}/trials/{settings}/{key}.parquet"
+
+
+REPORT = "report"
+REPORT_INDEX = f"{REPORT}/index.html"
+# What the published report was drawn from; underscore-prefixed like the other manifests.
+REPORT_MANIFEST = f"{REPORT}/_manifest.json"
+
+
+def report_file(name: str) -> str:
+    """A figure (``<figure>.png``) or the table behind it (``<figure>.csv``) of the report."""
+    return f"{REPORT}/{name}"

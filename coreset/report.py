@@ -15,7 +15,8 @@ def format_summary(accuracy: pd.DataFrame) -> str:
                           axis=1)
         grid = rows.assign(cell=cell).pivot(index="method", columns="fraction", values="cell").fillna("")
         grid.index.name = None  # one header line: the fractions
-        blocks.append(f"test accuracy (%) of {target} by method and fraction, mean ± std over seeds:\n{grid.to_string()}")
+        title = f"test accuracy (%) of {target} by method and fraction, mean ± std over seeds:"
+        blocks.append(f"{title}\n{grid.to_string()}")
     return "\n\n".join(blocks)
 
 

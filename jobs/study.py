@@ -1,12 +1,13 @@
-"""A whole study from one config: train -> gradients -> score (and select) -> retrain.
+"""A whole study from one config: train -> gradients -> score (and select) -> retrain -> report.
 
     python jobs/study.py --config jobs/configs/mnist.yaml [--root results/mnist]
-                         [--stages train gradients score retrain]
+                         [--stages train gradients score retrain report]
 
 Each stage skips the work whose outputs already exist in the study root, so re-running a
 finished study does nothing and an interrupted one resumes. The resolved config is saved
 as ``<root>/config.yaml``; the results are ``<root>/accuracy.parquet`` and the tables
-of each stage (see README). The stages and their order are :data:`coreset.cluster.stages.STAGES`.
+of each stage (see README), drawn in ``<root>/report/index.html``. The stages and their
+order are :data:`coreset.cluster.stages.STAGES`.
 """
 from __future__ import annotations
 

@@ -83,8 +83,11 @@ def wait_nodes(head: LocalHead, count: int, timeout_s: float = 90) -> None:
     while True:
         out = subprocess.run(["ray", "list", "nodes", "--address", head.address, "--format", "json",
                               "--filter", "state=ALIVE"], capture_output=True, text=True, env=head.env, timeout=60)
-        if out.returncode == 0 and len(json.loads(out.stdout or "[]")) >= count:
-            return
+        try:
+            if out.returncode == 0 and len(json.loads(out.stdout or "[]")) >= count:
+                return
+        except json.JSONDecodeError:  # the state API is not up yet
+            pass
         if time.monotonic() > deadline:
             logs = "".join(p.read_text()[-1500:] for p in head.temp_dir.glob("worker*.log"))
             raise RuntimeError(f"{count} nodes did not join:\n{out.stdout[-1000:]}{out.stderr[-1000:]}\n{logs}")

@@ -1,7 +1,12 @@
 """Several nodes: a 3-node Ray cluster on loopback (``ray start --head`` and two ``ray start
 --address`` worker nodes, each its own raylet), the smoke study submitted with ``ray job submit``
 to an S3 root on the local S3 server. Ray's task records show that gradient shards, class
-scoring and retraining trials ran on more than one node, and the tables hold every row once."""
+scoring and retraining trials ran on more than one node, and the tables hold every row once.
+
+The job runs the installed package (no ``--working-dir``; test_job_submit covers that on one
+node): the runtime-env agents of several raylets on one host share one ``runtime_resources``
+folder, and one node's clean-up deletes a working dir that the driver on another still runs in.
+That is a limit of simulating nodes on one machine, not of a cluster."""
 from __future__ import annotations
 
 import json
@@ -19,7 +24,6 @@ from coreset.stages.retrain import trial_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
-EXCLUDES = [".git", "results", ".pytest_cache", "**/__pycache__"]
 # One CPU per node, so that concurrent work must spread over the nodes; several shards, class
 # units and trials, so that there is work to spread.
 SPREAD = [*SMOKE_SYNTHETIC, "train.cpus_per_worker=1", "gradients.shard_size=64", "gradients.cpus_per_worker=1",
@@ -44,14 +48,13 @@ def _nodes_by_task(head) -> dict[str, set[str]]:
 def test_smoke_study_spreads_over_three_nodes(s3_bucket: str, s3_env, tmp_path: Path) -> None:
     head = start_head(num_cpus=1)  # after s3_env: every node's workers reach the local S3 server
     try:
-        add_worker(head, num_cpus=1)
-        add_worker(head, num_cpus=1)
-        wait_nodes(head, 3)
+        for nodes in (2, 3):  # one at a time: two raylets starting together on one host can time out
+            add_worker(head, num_cpus=1)
+            wait_nodes(head, nodes)
         root = f"s3://{s3_bucket}/studies/multinode"
         submit = subprocess.run(
-            ["ray", "job", "submit", "--address", head.address, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--log-style", "record", "--",
-             "python", "jobs/study.py", "--config", "jobs/configs/smoke.yaml", "--root", root, "--set", *SPREAD],
+            ["ray", "job", "submit", "--address", head.address, "--log-style", "record", "--",
+             "python", str(REPO / "jobs" / "study.py"), "--config", str(SMOKE), "--root", root, "--set", *SPREAD],
             capture_output=True, text=True, env=head.env, timeout=780, cwd=tmp_path)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         nodes = _nodes_by_task(head)
@@ -63,7 +66,7 @@ def test_smoke_study_spreads_over_three_nodes(s3_bucket: str, s3_env, tmp_path: 
 
     assert len(ran_on("GradientWorker.run")) >= 2, dict(nodes)
     assert len(ran_on("_unit_task")) >= 2, dict(nodes)
-    assert len(ran_on("ImplicitFunc.train")) >= 2, dict(nodes)
+    assert len(ran_on("ImplicitFunc.train")) >= 2, sorted(nodes)
 
     cfg = load_config(SMOKE, SPREAD)
     accuracy = pd.read_parquet(f"{root}/accuracy.parquet")

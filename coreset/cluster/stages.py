@@ -15,7 +15,8 @@ from coreset.cluster.score import ScoreSummary, run_score
 from coreset.cluster.train import run_train
 from coreset.config import StudyConfig
 from coreset.report import print_summary
-from coreset.stages import gradients, retrain, score, train
+from coreset.stages import gradients, report, retrain, score, train
+from coreset.stages.report import ReportResult, write_report
 from coreset.stages.train import SourceResult
 from coreset.storage import StudyRoot
 
@@ -50,9 +51,21 @@ def _retrain(accuracy: pd.DataFrame, root: StudyRoot) -> str:
     return f"{len(accuracy)} trials -> {root.url('accuracy.parquet')}"
 
 
+def _run_report(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> ReportResult:
+    """The report needs no Ray: it reads the root's tables and draws in this process."""
+    return write_report(cfg, root)
+
+
+def _report(result: ReportResult, root: StudyRoot) -> str:
+    notes = ", ".join(sorted(result.notes)) or "none"
+    return (f"{len(result.drawn)} figures drawn, {len(result.unchanged)} unchanged, {len(result.notes)} not drawn "
+            f"({notes}) -> {result.index}")
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", train.plan, run_train, _train),
     Stage("gradients", gradients.plan, run_gradients, _gradients, check=gradients.check),
     Stage("score", score.plan, run_score, _score),
     Stage("retrain", retrain.plan, run_retrain, _retrain, show=print_summary),
+    Stage("report", report.plan, _run_report, _report),
 )}

@@ -47,12 +47,12 @@ def thresholds(gradsim_thresholds: pd.DataFrame, path: str | Path) -> Rendered:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     last = table[table["epoch"] == table["epoch"].max()].sort_values("label")
-    sizes.bar(last["label"].astype(str), last["n"], color="tab:blue")
+    positions = np.arange(len(last))  # numbers, not label strings: matplotlib logs about categorical units
+    sizes.bar(positions, last["n"], color="tab:blue")
     sizes.set_xlabel("class")
     sizes.set_ylabel("samples n")
     sizes.set_title(f"class sizes at epoch {table['epoch'].max()}")
-    if not few:
-        sizes.set_xticks([])
+    sizes.set_xticks(positions if few else [], last["label"].astype(str).tolist() if few else [])
     return save(fig, path, phi)
 
 

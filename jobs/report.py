@@ -1,0 +1,37 @@
+"""The study report: the papers' figures and tables from whatever a study root holds.
+
+    python jobs/report.py --config jobs/configs/mnist.yaml [--root results/mnist] [--compare URI]
+
+Writes ``<root>/report/index.html`` (a static page: a heading per stage, each figure with the
+paper figure it reproduces), ``<root>/report/<figure>.png`` and the numbers behind each
+(``<figure>.csv``). A partial study gives a partial report; re-running redraws only figures
+whose input tables changed. ``--compare`` names a second study of the same dataset (another
+source model) for the top-k overlap of the two gradient rankings. Needs no Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from coreset.cli import parse_job_args
+from coreset.cluster.job import one_line_errors
+from coreset.cluster.stages import STAGES
+from coreset.stages.report import write_report
+from coreset.storage import StudyRoot
+
+log = logging.getLogger("coreset")
+
+
+def _compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compare", help="another study root (same dataset and split) for the top-k overlap figure")
+
+
+def main() -> None:
+    job, ns = parse_job_args(__doc__.splitlines()[0], extend=_compare)
+    with one_line_errors():
+        compare = StudyRoot(ns.compare) if ns.compare else None
+        log.info("report: %s", STAGES["report"].summary(write_report(job.config, job.root, compare), job.root))
+
+
+if __name__ == "__main__":
+    main()
