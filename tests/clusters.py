@@ -77,7 +77,7 @@ def add_worker(head: LocalHead, num_cpus: int, resources: dict[str, float] | Non
             stdout=out, stderr=subprocess.STDOUT, env=head.env, start_new_session=True))
 
 
-def wait_nodes(head: LocalHead, count: int, timeout_s: float = 90) -> None:
+def wait_nodes(head: LocalHead, count: int, timeout_s: float = 180) -> None:
     """Until the cluster has ``count`` live nodes."""
     deadline = time.monotonic() + timeout_s
     while True:
