@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from studies import synthetic_study
+from studies import copy_root, ray_copy, synthetic_study
 
 from coreset import layout
 from coreset.cluster.gradients import run_gradients
@@ -37,21 +37,12 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fresh(source: Path, tmp_path: Path) -> StudyRoot:
-    import shutil
-
-    shutil.copytree(source, tmp_path / "study")
-    return StudyRoot(str(tmp_path / "study"))
+    return copy_root(source, tmp_path / "study")
 
 
 @pytest.fixture(scope="module")
 def trained(source: Path, tmp_path_factory: pytest.TempPathFactory):
-    import shutil
-
-    path = tmp_path_factory.mktemp("ray") / "study"
-    shutil.copytree(source, path)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield StudyRoot(str(path))
-    ray.shutdown()
+    yield from ray_copy(source, tmp_path_factory.mktemp("ray") / "study")
 
 
 def test_plan_lists_missing_shards_and_refuses_other_settings(fresh: StudyRoot) -> None:

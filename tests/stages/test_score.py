@@ -2,7 +2,6 @@
 subsets of exact size on real Ray (by-class methods as Ray tasks)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from studies import synthetic_study
+from studies import copy_root, ray_copy, synthetic_study
 
 from coreset import layout
 from coreset.cluster.score import run_score
@@ -41,17 +40,12 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fresh(table: Path, tmp_path: Path) -> StudyRoot:
-    shutil.copytree(table, tmp_path / "study")
-    return StudyRoot(str(tmp_path / "study"))
+    return copy_root(table, tmp_path / "study")
 
 
 @pytest.fixture(scope="module")
 def study(table: Path, tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("ray") / "study"
-    shutil.copytree(table, path)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield StudyRoot(str(path))
-    ray.shutdown()
+    yield from ray_copy(table, tmp_path_factory.mktemp("ray") / "study")
 
 
 def test_plan_marks_methods_done_by_their_settings(fresh: StudyRoot) -> None:
