@@ -126,7 +126,7 @@ def test_study_killed_during_gradients_resumes_without_recomputing_finished_shar
 
     after = parquet_files(shards)
     total = len(after)
-    assert f"{total} shards, {len(finished)} already done, {total - len(finished)} to compute" in err
+    assert f"stage gradients: {total - len(finished)} of {total} shards to compute" in err
     assert all(after[p] == t and p.stat().st_ino == inodes[p] for p, t in finished.items())  # not recomputed
     assert not [p for p in shards.rglob(".*") if ".tmp-" in p.name]  # partial writes of the killed run are gone
     print(f"killed after {len(finished)} of {total} shards; recomputed 0, computed {total - len(finished)}")

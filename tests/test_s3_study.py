@@ -67,7 +67,7 @@ def test_smoke_study_on_an_s3_root(s3_bucket: str, s3_env, tmp_path: Path) -> No
     before = s3_env.objects(s3_bucket)
     again = _study(root, tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "0 to compute" in again.stderr and f"{len(grid)} already finished" in again.stderr
+    assert "stage gradients: 0 of " in again.stderr and f"stage retrain: 0 of {len(grid)} trials" in again.stderr
     after = s3_env.objects(s3_bucket)
     assert ({k: v for k, v in after.items() if k.endswith(".parquet")}
             == {k: v for k, v in before.items() if k.endswith(".parquet")})

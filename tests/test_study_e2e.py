@@ -50,6 +50,6 @@ def test_smoke_study_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
     again = _study(tmp_path, shared_data)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "0 to compute" in again.stderr and f"{len(grid)} already finished" in again.stderr
+    assert "stage gradients: 0 of " in again.stderr and f"stage retrain: 0 of {len(grid)} trials" in again.stderr
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
     assert after == before  # nothing rewritten
