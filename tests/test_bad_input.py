@@ -292,8 +292,8 @@ _FSIZE_WRAPPER = """
 import resource, runpy, sys
 import coreset.cluster.job as job
 limit, start_ray = int(sys.argv[1]), job.init_ray
-def init_ray(address=None):
-    resources = start_ray(address)
+def init_ray(address=None, verbose=False):
+    resources = start_ray(address, verbose)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     return resources
 job.init_ray = init_ray
