@@ -30,10 +30,8 @@ from coreset.cluster.job import one_line_errors
 from coreset.cluster.runtime import init_ray
 from coreset.config import StudyConfig
 from coreset.data import load_datasets
-from coreset.stages.gradients import compute_shard, plan, record_manifest
-from coreset.stages.train import load_source_model
+from coreset.stages.gradients import compute_in_process, plan
 from coreset.storage import StudyRoot
-from coreset.tables import write_table
 
 
 def scratch_copy(src: Path, parent: str) -> StudyRoot:
@@ -47,18 +45,8 @@ def scratch_copy(src: Path, parent: str) -> StudyRoot:
 
 
 def in_process(cfg: StudyConfig, root: StudyRoot) -> float:
-    """The stage without Ray: every shard of its plan computed and written here (what each
-    actor does for its share). Returns the seconds spent computing shards."""
-    ds = load_datasets(cfg.data)
-    work = plan(cfg, root)
-    record_manifest(root, work)
-    model = load_source_model(cfg, root, ds, work.final_epoch, torch.device("cpu"))
-    compute_s = 0.0
-    for t in work.todo:
-        shard, seconds = harness.timed(lambda t=t: compute_shard(model, ds, t, cfg.gradients, torch.device("cpu")))
-        write_table(root, t.path, shard, "gradients")
-        compute_s += seconds
-    return compute_s
+    """The stage without Ray (what each actor does for its share); the seconds spent computing shards."""
+    return compute_in_process(cfg, root, plan(cfg, root), load_datasets(cfg.data), torch.device("cpu"))
 
 
 def extend(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.devices import pick_device
 from coreset.progress import Progress
-from coreset.stages.gradients import ShardTask, batch_bound_rows, compute_shard, plan, record_manifest
+from coreset.stages.gradients import GradientsPlan, ShardTask, batch_bound_rows, compute_shard, plan, record_manifest
 from coreset.stages.train import load_source_model
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
@@ -69,10 +69,12 @@ class GradientWorker:
                                 self.cfg.seed, self.device)
 
 
-def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> GradientsSummary:
-    """Compute every missing shard of the study's gradient table, and the batch-bound table."""
+def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
+                  work: GradientsPlan | None = None) -> GradientsSummary:
+    """Compute every missing shard of the study's gradient table (``work``: its plan, when the
+    caller already has it), and the batch-bound table."""
     start = time.perf_counter()
-    work = plan(cfg, root)
+    work = work or plan(cfg, root)
     record_manifest(root, work)
     if root.remove_partial_writes(layout.GRADIENTS):  # no actor of this stage runs yet
         log.info("gradients: removed partial files of an interrupted run")

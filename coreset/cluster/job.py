@@ -34,13 +34,15 @@ def one_line_errors() -> Iterator[None]:
 
 
 def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None
-              ) -> tuple[JobArgs, argparse.Namespace, dict[str, float]]:
+              ) -> tuple[JobArgs, list[str], dict[str, float]]:
     """Parse arguments, check that the data loads (and is still the data of the study the root
     holds) and that no stage to run contradicts what the root holds, record the config (which
     also proves the root writable) and only then start Ray: bad input costs no cluster work
-    and writes nothing."""
+    and writes nothing. Returns the stages to run, in the table's order (``--stages`` when
+    ``extend`` adds it, else ``stages``)."""
     job, ns = parse_job_args(doc.splitlines()[0], extend=extend)
-    names = getattr(ns, "stages", None) or stages
+    wanted = getattr(ns, "stages", None) or stages
+    names = [s for s in STAGES if s in wanted]
     with one_line_errors():
         check_study_data(job.config, job.root, load_datasets(job.config.data))
         for name in names:
@@ -48,20 +50,20 @@ def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.Argume
             if check is not None:
                 check(job.config, job.root)
         record_config(job.config, job.root)
-    return job, ns, init_ray(job.address, job.verbose)
+    return job, names, init_ray(job.address, job.verbose)
 
 
 def run_stages(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None
                ) -> JobArgs:
     """The job described by ``doc``: ``stages`` in order (or the ``--stages`` that ``extend``
     adds), each reported as it ends."""
-    job, ns, resources = start_job(doc, stages, extend)
-    names = [s for s in STAGES if s in (getattr(ns, "stages", None) or stages)]
+    job, names, resources = start_job(doc, stages, extend)
     with one_line_errors():
         for name in names:
             stage, start = STAGES[name], time.perf_counter()
-            log.info("stage %s: %s", name, stage.plan(job.config, job.root).summary())
-            result = stage.run(job.config, job.root, resources)
+            work = stage.plan(job.config, job.root)
+            log.info("stage %s: %s", name, work.summary())
+            result = stage.run(job.config, job.root, resources, work)
             log.info("stage %s: finished in %s: %s", name, duration(time.perf_counter() - start),
                      stage.summary(result, job.root))
             if stage.show is not None:

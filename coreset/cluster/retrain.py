@@ -31,7 +31,7 @@ from coreset.data.formats import cache_dir
 from coreset.devices import pick_device
 from coreset.errors import StageError, UserError
 from coreset.progress import duration
-from coreset.stages.retrain import Trial, grid_name, plan, retrain, settings_key, subset_ids
+from coreset.stages.retrain import RetrainPlan, Trial, grid_name, plan, retrain, settings_key, subset_ids
 from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
@@ -69,9 +69,10 @@ def _run_trial(config: dict[str, Any]) -> None:
     write_table(root, row_path, pd.DataFrame([row]), "accuracy")
 
 
-def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> pd.DataFrame:
+def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
+                work: RetrainPlan | None = None) -> pd.DataFrame:
     """Run every unfinished trial; returns (and writes) the accuracy table of the whole grid."""
-    work = plan(cfg, root)
+    work = work or plan(cfg, root)
     grid, pending = work.grid, work.pending
     log.debug("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     errored = 0

@@ -52,9 +52,10 @@ def _unit_task(study: dict, root_uri: str, name: str, final_epoch: int, table: d
     return score_unit(build_method(cfg, name, final_epoch), StudyRoot(root_uri), table, shards)
 
 
-def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> ScoreSummary:
+def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
+              score_plan: ScorePlan | None = None) -> ScoreSummary:
     start = time.perf_counter()
-    score_plan = plan(cfg, root)
+    score_plan = score_plan or plan(cfg, root)
     summary = ScoreSummary(skipped=[w.name for w in score_plan.methods if w.done])
     for work in score_plan.todo:
         if work.method.inputs().by_class:

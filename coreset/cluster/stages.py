@@ -14,7 +14,6 @@ from coreset.cluster.retrain import run_retrain
 from coreset.cluster.score import ScoreSummary, run_score
 from coreset.cluster.train import run_train
 from coreset.config import StudyConfig
-from coreset.report import print_summary
 from coreset.stages import gradients, report, retrain, score, train
 from coreset.stages.report import ReportResult, write_report
 from coreset.stages.train import SourceResult
@@ -25,7 +24,7 @@ from coreset.storage import StudyRoot
 class Stage:
     name: str
     plan: Callable[[StudyConfig, StudyRoot], Any]  # pure: what is done and left (``.summary()``)
-    run: Callable[[StudyConfig, StudyRoot, dict[str, float]], Any]
+    run: Callable[[StudyConfig, StudyRoot, dict[str, float], Any], Any]  # given the plan, not re-read
     summary: Callable[[Any, StudyRoot], str]  # the result, in the stage's last console line
     check: Callable[[StudyConfig, StudyRoot], None] | None = None  # pure; refuses contradicting settings
     show: Callable[[Any], None] | None = None  # more than a line: the accuracy table
@@ -51,9 +50,10 @@ def _retrain(accuracy: pd.DataFrame, root: StudyRoot) -> str:
     return f"{len(accuracy)} trials -> {root.url('accuracy.parquet')}"
 
 
-def _run_report(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> ReportResult:
+def _run_report(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
+                report_plan: report.ReportPlan) -> ReportResult:
     """The report needs no Ray: it reads the root's tables and draws in this process."""
-    return write_report(cfg, root)
+    return write_report(cfg, root, report_plan=report_plan)
 
 
 def _report(result: ReportResult, root: StudyRoot) -> str:
@@ -66,6 +66,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", train.plan, run_train, _train),
     Stage("gradients", gradients.plan, run_gradients, _gradients, check=gradients.check),
     Stage("score", score.plan, run_score, _score),
-    Stage("retrain", retrain.plan, run_retrain, _retrain, show=print_summary),
+    Stage("retrain", retrain.plan, run_retrain, _retrain, show=retrain.print_summary),
     Stage("report", report.plan, _run_report, _report),
 )}

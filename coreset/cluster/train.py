@@ -21,7 +21,7 @@ from coreset.cli import configure_logging
 from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.errors import StageError, UserError
-from coreset.stages.train import SourceResult, plan, read_source_result, train_source
+from coreset.stages.train import SourceResult, TrainPlan, plan, read_source_result, train_source
 from coreset.storage import StudyRoot
 from coreset.tables import read_table
 
@@ -50,9 +50,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         config["errors"].put(str(e))
 
 
-def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) -> SourceResult:
+def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
+              work: TrainPlan | None = None) -> SourceResult:
     """Train the source model on the cluster (skipped when the root already holds it)."""
-    work = plan(cfg, root)
+    work = work or plan(cfg, root)
     if work.result is not None:
         log.debug("source training already finished in %s (best epoch %d)", root.url(), work.result.best_epoch)
         return work.result
@@ -69,7 +70,7 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]) ->
         run_config=ray.train.RunConfig(name=f"{cfg.name}-source", storage_path=_storage_path(root),
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
     )
-    watcher = EpochWatcher(cfg, root)
+    watcher = EpochWatcher(cfg, root, work.epochs_done)
     try:
         with watcher:
             trainer.fit()
@@ -88,9 +89,10 @@ class EpochWatcher:
     every ``every_s`` seconds and once at the end, while Ray Train runs (the workers' own lines
     stay in Ray's session logs): the root says what is done."""
 
-    def __init__(self, cfg: StudyConfig, root: StudyRoot, every_s: float = 30.0, poll_s: float = 5.0) -> None:
+    def __init__(self, cfg: StudyConfig, root: StudyRoot, epochs_done: int, every_s: float = 30.0,
+                 poll_s: float = 5.0) -> None:
         self.cfg, self.root, self.every_s, self.poll_s = cfg, root, every_s, poll_s
-        self.logged = plan(cfg, root).epochs_done
+        self.logged = epochs_done
         self.last = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="epoch-watcher", daemon=True)

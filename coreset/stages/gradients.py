@@ -10,6 +10,7 @@ columns are null where not computed) so readers can concatenate them.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,9 @@ from coreset.data import Datasets
 from coreset.errors import StageError
 from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
-from coreset.stages.train import SourceResult, read_source_result
+from coreset.stages.train import SourceResult, load_source_model, read_source_result
 from coreset.storage import StudyRoot
-from coreset.tables import read_table, to_arrow
+from coreset.tables import read_table, to_arrow, write_table
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> GradientsPlan:
     tasks = shard_tasks(shards, final, gcfg.factor_epochs, source.epochs_run)
     wanted = manifest(gcfg, tasks, len(train_ids), shard_labels(shards, train))
     check_manifest(root, wanted)
-    todo = [t for t in tasks if not root.exists(t.path)]
+    written = {e: set(root.list(layout.gradient_epoch(e))) for e in {t.epoch for t in tasks}}  # a listing per epoch
+    todo = [t for t in tasks if t.path.rsplit("/", 1)[1] not in written[t.epoch]]
     need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
     return GradientsPlan(tasks, todo, train_ids, final, wanted, need_bound)
 
@@ -223,15 +225,17 @@ def batch_bound_rows(model: Classifier, datasets: Datasets, train_ids: np.ndarra
 
 
 def compute_in_process(cfg: StudyConfig, root: StudyRoot, work: GradientsPlan, datasets: Datasets,
-                       device: torch.device) -> None:
+                       device: torch.device) -> float:
     """The plan's missing shards, one after another in this process (no Ray): what each actor
-    of the cluster stage does for its share, for tests, benchmarks and debugging."""
-    from coreset.stages.train import load_source_model
-    from coreset.tables import write_table
-
+    of the cluster stage does for its share, for tests, benchmarks and debugging. Returns the
+    seconds spent computing shards (model loads and writes excluded)."""
     record_manifest(root, work)
-    model, epoch = None, -1
+    model, epoch, compute_s = None, -1, 0.0
     for task in work.todo:
         if task.epoch != epoch:
             model, epoch = load_source_model(cfg, root, datasets, task.epoch, device), task.epoch
-        write_table(root, task.path, compute_shard(model, datasets, task, cfg.gradients, device), "gradients")
+        start = time.perf_counter()
+        shard = compute_shard(model, datasets, task, cfg.gradients, device)
+        compute_s += time.perf_counter() - start
+        write_table(root, task.path, shard, "gradients")
+    return compute_s

@@ -155,10 +155,11 @@ def accuracy_tables(cfg: StudyConfig, root: StudyRoot) -> list[Table]:
     return tables
 
 
-def write_report(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = None) -> ReportResult:
+def write_report(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = None,
+                 report_plan: ReportPlan | None = None) -> ReportResult:
     """Draw what changed, then publish the page and the manifest; a root without a single table
     to draw from is a :class:`StageError`."""
-    report_plan = plan(cfg, root, compare)
+    report_plan = report_plan or plan(cfg, root, compare)
     if not report_plan.figures:
         raise StageError(f"nothing to report in {root.url()}: it holds no table of any stage; run jobs/train.py "
                          "(or jobs/study.py) first")

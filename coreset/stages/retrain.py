@@ -164,3 +164,22 @@ def summary_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
                 best_test_acc_mean=("best_test_acc", "mean"), seeds=("seed", "nunique"), n_train=("n_train", "first"))
     return out.reset_index()
+
+
+def format_summary(accuracy: pd.DataFrame) -> str:
+    """method x fraction table of final test accuracy, mean ± std over seeds, per target model
+    (what a job prints; the accuracy table itself is the result)."""
+    table = summary_table(accuracy)
+    blocks = []
+    for target, rows in table.groupby("target_model"):
+        cell = rows.apply(lambda r: f"{100 * r.test_acc_mean:.2f} ± {100 * (r.test_acc_std if r.seeds > 1 else 0):.2f}",
+                          axis=1)
+        grid = rows.assign(cell=cell).pivot(index="method", columns="fraction", values="cell").fillna("")
+        grid.index.name = None  # one header line: the fractions
+        title = f"test accuracy (%) of {target} by method and fraction, mean ± std over seeds:"
+        blocks.append(f"{title}\n{grid.to_string()}")
+    return "\n\n".join(blocks)
+
+
+def print_summary(accuracy: pd.DataFrame) -> None:
+    print(format_summary(accuracy), flush=True)
