@@ -40,9 +40,9 @@ def gradient_table(n: int, n_classes: int, epochs: tuple[int, ...], seed: int) -
 
 
 def test_registry_names_and_unknown_method() -> None:
-    assert METHODS.names() == ["gradient_cdf", "gradsimcore", "max_gradient", "nonextreme_max_gradient", "random"]
-    with pytest.raises(KeyError, match="allowed: gradient_cdf"):
-        get_method("herding")
+    assert {"gradient_cdf", "gradsimcore", "max_gradient", "nonextreme_max_gradient", "random"} <= set(METHODS.names())
+    with pytest.raises(KeyError, match="allowed: .*gradient_cdf"):
+        get_method("deepfool")
 
 
 def test_budget_rounding_and_apportionment() -> None:
@@ -227,7 +227,7 @@ def test_every_method_describes_itself() -> None:
         assert method.name == name
         inputs = method.inputs()
         assert isinstance(inputs, Inputs) and set(inputs.epochs) <= {5, 1, 2}, name
-        assert set(inputs.columns) <= {"l2_weights", "err", "emb"}, name
+        assert set(inputs.columns) <= {"l2_weights", "l2_last", "err", "emb"}, name
         json.dumps(method.settings())  # recorded in scores/_manifest.json
     gsc = METHODS.get("gradsimcore").from_study(METHODS.get("gradsimcore").Params(), context)
     assert gsc.inputs() == Inputs(columns=("err", "emb"), epochs=(1, 2), by_class=True)

@@ -1,7 +1,13 @@
 """Selection methods by name: ``get_method(name, **params).score(table)`` then ``.select(...)``."""
 from __future__ import annotations
 
-from coreset.methods import gradient_magnitude, gradsimcore, random  # noqa: F401 (registers methods)
+from coreset.methods import (  # noqa: F401 (registers methods)
+    data_diet,
+    gradient_magnitude,
+    gradsimcore,
+    random,
+    uncertainty,
+)
 from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, params_fields
 
 

@@ -142,6 +142,13 @@ def at_epoch(table: pd.DataFrame, epoch: int | None) -> pd.DataFrame:
     return rows
 
 
+def need_columns(table: pd.DataFrame, columns: tuple[str, ...], method: str) -> None:
+    """Fail naming the columns ``method`` needs that ``table`` lacks."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{method} needs columns {missing}; columns present: {list(table.columns)}")
+
+
 def score_frame(rows: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
     """The standard score table, sorted by sample_id."""
     out = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(np.int64), "label": rows["label"].to_numpy(np.int64),
