@@ -145,3 +145,193 @@ def test_bad_params_are_one_line_config_errors(override: str, message: str) -> N
         load_config(None, ["score.methods=[el2n, grand, uncertainty_margin]", "gradients.factor_epochs=[1, 2]",
                            override, *extra])
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- embedding methods
+
+def embedding_table(emb: np.ndarray, labels: np.ndarray, epoch: int = 5, seed: int = 0) -> pd.DataFrame:
+    ids = np.arange(len(emb)) * 3 + 7  # ids that are not row numbers
+    return pd.DataFrame({"sample_id": ids, "label": labels, "epoch": epoch,
+                         "emb": list(emb.astype(np.float32))}).sample(frac=1.0, random_state=seed)
+
+
+@pytest.fixture(scope="module")
+def mnist_rows(shared_data) -> tuple[np.ndarray, np.ndarray]:
+    """240 real MNIST training images of classes 0-2 as 7x7 mean-pooled pixel features."""
+    from coreset.data.idx import read_idx
+
+    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")
+    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    keep = np.flatnonzero(labels < 3)[:240]
+    pooled = images[keep].reshape(-1, 7, 4, 7, 4).astype(np.float64).mean(axis=(2, 4)).reshape(-1, 49) / 255
+    return pooled, labels[keep]
+
+
+def random_rows() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((90, 5)), rng.integers(0, 3, 90)
+
+
+def per_class(emb: np.ndarray, labels: np.ndarray, table: pd.DataFrame):
+    """(class ids in sample_id order, their features as float64 after the table's float32 storage)."""
+    rows = table.sort_values("sample_id")
+    for c in sorted(set(labels.tolist())):
+        group = rows[rows.label == c]
+        yield group.sample_id.to_numpy(), np.stack(group.emb.to_list()).astype(np.float64)
+
+
+def reference_herding(x: np.ndarray, deepcore: bool = False) -> list[int]:
+    """Herding with explicit loops: argmin (or DeepCore's argmax) of ‖μ − mean(S ∪ {x})‖."""
+    n, d = x.shape
+    mu = [sum(x[i][j] for i in range(n)) / n for j in range(d)]
+    order: list[int] = []
+    for t in range(1, n + 1):
+        best, best_d = -1, None
+        for i in range(n):
+            if i in order:
+                continue
+            mean = [(sum(x[s][j] for s in order) + x[i][j]) / t for j in range(d)]
+            dist = math.sqrt(sum((mu[j] - mean[j]) ** 2 for j in range(d)))
+            if best_d is None or (dist > best_d if deepcore else dist < best_d):
+                best, best_d = i, dist
+        order.append(best)
+    return order
+
+
+def reference_kcenter(x: np.ndarray) -> list[int]:
+    """k-Center Greedy with explicit loops, from the point nearest the mean."""
+    n, d = x.shape
+    mu = [sum(x[i][j] for i in range(n)) / n for j in range(d)]
+    dist = lambda a, b: math.sqrt(sum((a[j] - b[j]) ** 2 for j in range(d)))
+    order = [min(range(n), key=lambda i: (dist(x[i], mu), i))]
+    while len(order) < n:
+        far = max((i for i in range(n) if i not in order), key=lambda i: (min(dist(x[i], x[c]) for c in order), -i))
+        order.append(far)
+    return order
+
+
+def reference_moderate(x: np.ndarray) -> list[float]:
+    n, d = x.shape
+    median = []
+    for j in range(d):
+        col = sorted(x[i][j] for i in range(n))
+        median.append(col[n // 2] if n % 2 else (col[n // 2 - 1] + col[n // 2]) / 2)
+    return [math.sqrt(sum((x[i][j] - median[j]) ** 2 for j in range(d))) for i in range(n)]
+
+
+def check_greedy(name: str, reference, emb: np.ndarray, labels: np.ndarray, **params: object) -> None:
+    table = embedding_table(emb, labels)
+    method = build(name, **params)
+    assert method.inputs().columns == ("emb",) and method.inputs().by_class and method.inputs().epochs == (5,)
+    scores = method.score(table).set_index("sample_id")
+    orders = {}
+    for ids, x in per_class(emb, labels, table):
+        orders[int(scores.label.loc[ids[0]])] = [int(ids[i]) for i in reference(x)]
+        got = scores.score.loc[ids].sort_values(ascending=False, kind="stable").index.tolist()
+        assert got == orders[int(scores.label.loc[ids[0]])], name
+    frame = scores.reset_index()
+    sizes = {c: len(o) for c, o in orders.items()}
+    for fraction in (0.02, 0.1, 0.5):
+        budgets = class_budgets(sizes, global_budget(len(frame), fraction))
+        want = sorted(i for c, o in orders.items() for i in o[:budgets[c]])
+        assert method.select(frame, fraction, seed=0).tolist() == want
+        assert method.select(frame, fraction, seed=3).tolist() == want  # deterministic
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepcore"])
+def test_herding_matches_reference_loops(variant: str) -> None:
+    emb, labels = random_rows()
+    check_greedy("herding", lambda x: reference_herding(x, variant == "deepcore"), emb, labels, variant=variant)
+
+
+def test_kcenter_greedy_matches_reference_loops() -> None:
+    emb, labels = random_rows()
+    check_greedy("kcenter_greedy", reference_kcenter, emb, labels)
+
+
+def test_greedy_methods_on_real_mnist_rows(mnist_rows) -> None:
+    emb, labels = mnist_rows
+    small = np.flatnonzero(np.arange(len(labels)) < 60)  # the reference loops are cubic
+    check_greedy("herding", reference_herding, emb[small], labels[small])
+    check_greedy("kcenter_greedy", reference_kcenter, emb[small], labels[small])
+
+
+def test_kcenter_memory_is_linear_in_n() -> None:
+    """The greedy loop keeps (n,) state: 200k x 64 float32 (51 MB) for 30 centres stays far below
+    the n x k float64 matrix DeepCore allocates (or any n x n one)."""
+    import tracemalloc
+
+    from coreset.methods.geometry import kcenter_greedy_order
+
+    x = np.random.default_rng(0).standard_normal((200_000, 64), dtype=np.float32)
+    tracemalloc.start()
+    order = kcenter_greedy_order(x, first=0, k=30)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(set(order.tolist())) == 30 and peak < 8 * 200_000 * 4  # a few (n,) vectors
+
+
+@pytest.mark.parametrize("rows", ["random", "mnist"])
+def test_moderate_is_the_window_around_the_median_distance(rows: str, request) -> None:
+    emb, labels = random_rows() if rows == "random" else request.getfixturevalue("mnist_rows")
+    table = embedding_table(emb, labels)
+    method = build("moderate")
+    scores = method.score(table)
+    distance = {}
+    for ids, x in per_class(emb, labels, table):
+        distance.update(zip(ids.tolist(), reference_moderate(x), strict=True))
+    assert np.allclose(scores.score, [distance[i] for i in scores.sample_id], rtol=1e-9)
+    label_of = dict(zip(scores.sample_id, scores.label, strict=True))
+    for fraction, budget in ((0.1, "global"), (0.3, "global"), (0.3, "class_balanced")):
+        got = method.select(scores, fraction, seed=0, budget=budget).tolist()
+        pools = [sorted(distance)] if budget == "global" else \
+            [[i for i in sorted(distance) if label_of[i] == c] for c in sorted(set(label_of.values()))]
+        k = global_budget(len(distance), fraction)
+        ks = [k] if budget == "global" else list(class_budgets({c: len(p) for c, p in enumerate(pools)}, k).values())
+        want = []
+        for pool, k_p in zip(pools, ks, strict=True):
+            ascending = sorted(pool, key=lambda i: (distance[i], i))
+            low = math.floor(0.5 * (len(pool) - k_p) + 0.5)
+            want += ascending[low:low + k_p]
+        assert got == sorted(want), (fraction, budget)
+
+
+# --------------------------------------------------------------------------- CCS
+
+def test_ccs_prunes_the_hardest_and_draws_strata_smallest_first() -> None:
+    rng = np.random.default_rng(5)
+    n, k, beta, n_strata = 400, 60, 0.1, 8
+    difficulty = np.concatenate([rng.random(300), 1 + rng.random(100) * 0.1])  # crowded hard end
+    scores = pd.DataFrame({"sample_id": np.arange(n), "label": np.zeros(n, np.int64), "score": difficulty})
+    method = METHODS.get("ccs")(METHODS.get("el2n")(epoch=1), beta=beta, strata=n_strata)
+    # Reference, with loops: prune, equal-width intervals, budgets smallest stratum first.
+    hardest = sorted(range(n), key=lambda i: (-difficulty[i], i))[:round(beta * n)]
+    kept = [i for i in range(n) if i not in hardest]
+    lo, hi = min(difficulty[kept]), max(difficulty[kept])
+    stratum = {i: min(int((difficulty[i] - lo) / (hi - lo) * n_strata), n_strata - 1) for i in kept}
+    members = {b: [i for i in kept if stratum[i] == b] for b in sorted(set(stratum.values()))}
+    want, left = {}, k
+    for pos, b in enumerate(sorted(members, key=lambda b: (len(members[b]), b))):
+        want[b] = min(len(members[b]), left // (len(members) - pos))
+        left -= want[b]
+    draws = []
+    for seed in range(3):
+        got = method.select(scores, k / n, seed=seed)
+        assert len(got) == k and not set(got.tolist()) & set(hardest)
+        counts = {b: sum(stratum[i] == b for i in got.tolist()) for b in members}
+        assert counts == want
+        draws.append(got.tolist())
+    assert draws[0] != draws[1]  # random within strata, seeded
+    assert np.array_equal(method.select(scores, k / n, seed=1), method.select(scores, k / n, seed=1))
+    everything = method.select(scores, 0.95, seed=0)  # more than the kept images: the least hard pruned fill
+    assert set(everything.tolist()) == set(kept) | set(hardest[::-1][:380 - len(kept)])
+
+
+def test_ccs_reads_its_difficulty_method() -> None:
+    ccs = build("ccs", difficulty="kcenter_greedy", beta=0.0)
+    assert ccs.inputs() == build("kcenter_greedy").inputs() and ccs.ranking == "kcenter_greedy"
+    assert ccs.settings()["difficulty_settings"] == {"epoch": 5}
+    with pytest.raises(ConfigError, match="score.params.ccs.difficulty='random' is not allowed"):
+        load_config(None, ["score.methods=[ccs]", "score.params.ccs.difficulty=random"])
+    with pytest.raises(ConfigError, match=r"score.params.ccs.beta must lie in \[0.0, 1.0\)"):
+        load_config(None, ["score.methods=[ccs]", "score.params.ccs.beta=1"])

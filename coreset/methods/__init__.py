@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from coreset.methods import (  # noqa: F401 (registers methods)
+    ccs,
     data_diet,
+    geometry,
     gradient_magnitude,
     gradsimcore,
+    moderate,
     random,
     uncertainty,
 )
