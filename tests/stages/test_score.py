@@ -125,3 +125,50 @@ def test_changed_settings_rescore_only_that_method(study: StudyRoot) -> None:
 def test_class_units_keep_each_class_in_one_unit() -> None:
     table = {"shard_labels": [[0, 2], [3, 3], [3, 3], [3, 3], [4, 9], [10, 10], [10, 10]]}
     assert score.class_units(table) == [[0], [1, 2, 3], [4], [5, 6]]
+
+
+BASELINES = ["uncertainty_least_confidence", "uncertainty_entropy", "uncertainty_margin", "el2n", "grand", "moderate",
+             "herding", "kcenter_greedy", "ccs"]
+
+
+def _baselines_cfg():
+    return _cfg(f"score.methods=[random, {', '.join(BASELINES)}]", "score.params.grand.epoch=1",
+                "score.params.ccs.difficulty=herding", "score.params.ccs.beta=0.2")
+
+
+def test_baselines_score_from_the_stage_table_in_process(fresh: StudyRoot) -> None:
+    """Issue 12's methods read their declared columns and checkpoints from a real gradient table:
+    scores for every train image, class-wise ones unit by unit, and exact-size subsets."""
+    cfg = _baselines_cfg()
+    work_plan = score.plan(cfg, fresh)
+    inputs = {w.name: w.method.inputs() for w in work_plan.methods}
+    assert inputs["grand"].epochs == (1,) and inputs["el2n"].epochs == (2,) and inputs["moderate"].epochs == (3,)
+    assert {n for n, i in inputs.items() if i.by_class} == {"moderate", "herding", "kcenter_greedy", "ccs"}
+    n_train = work_plan.table["rows_per_epoch"]
+    for work in work_plan.todo:
+        if inputs[work.name].by_class:
+            parts = [score.score_unit(work.method, fresh, work_plan.table, u) for u in score.class_units(work_plan.table)]
+            scores, analysis = score.merge_units(parts)
+        else:
+            scores, analysis = work.method.score(score.read_inputs(fresh, inputs[work.name], work_plan.table)), {}
+        assert len(scores) == n_train and scores.score.notna().all(), work.name
+        score.write_method(cfg, fresh, work, scores, analysis)
+    assert score.plan(cfg, fresh).todo == []
+    subsets = pd.read_parquet(fresh.url(layout.SUBSETS))
+    for (method, fraction, _seed), rows in subsets.groupby(["method", "fraction", "seed"]):
+        assert len(rows) == global_budget(n_train, fraction) and rows.sample_id.is_unique, (method, fraction)
+    def ids(m: str, s: int) -> list[int]:
+        return subsets[(subsets.method == m) & (subsets.fraction == 0.1) & (subsets.seed == s)].sample_id.tolist()
+    for m in BASELINES[:-1]:
+        assert ids(m, 0) == ids(m, 1), m  # deterministic
+    assert ids("ccs", 0) != ids("ccs", 1)
+
+
+@pytest.mark.ray
+def test_baselines_on_ray(study: StudyRoot) -> None:
+    """The by-class baselines are rebuilt by name in Ray tasks (CCS with its difficulty method)."""
+    cfg = _baselines_cfg()
+    summary = run_score(cfg, study, dict(ray.cluster_resources()))
+    assert set(BASELINES) <= set(summary.computed)
+    entropy = pd.read_parquet(study.url(f"{layout.ANALYSIS}/label_entropy.parquet"))
+    assert {"herding", "kcenter_greedy", "el2n", "grand"} <= set(entropy.method) and "moderate" not in set(entropy.method)
