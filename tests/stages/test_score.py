@@ -147,7 +147,8 @@ def test_baselines_score_from_the_stage_table_in_process(fresh: StudyRoot) -> No
     n_train = work_plan.table["rows_per_epoch"]
     for work in work_plan.todo:
         if inputs[work.name].by_class:
-            parts = [score.score_unit(work.method, fresh, work_plan.table, u) for u in score.class_units(work_plan.table)]
+            units = score.class_units(work_plan.table)
+            parts = [score.score_unit(work.method, fresh, work_plan.table, u) for u in units]
             scores, analysis = score.merge_units(parts)
         else:
             scores, analysis = work.method.score(score.read_inputs(fresh, inputs[work.name], work_plan.table)), {}
@@ -171,4 +172,5 @@ def test_baselines_on_ray(study: StudyRoot) -> None:
     summary = run_score(cfg, study, dict(ray.cluster_resources()))
     assert set(BASELINES) <= set(summary.computed)
     entropy = pd.read_parquet(study.url(f"{layout.ANALYSIS}/label_entropy.parquet"))
-    assert {"herding", "kcenter_greedy", "el2n", "grand"} <= set(entropy.method) and "moderate" not in set(entropy.method)
+    curves = set(entropy.method)
+    assert {"herding", "kcenter_greedy", "el2n", "grand"} <= curves and "moderate" not in curves
