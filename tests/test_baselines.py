@@ -335,3 +335,34 @@ def test_ccs_reads_its_difficulty_method() -> None:
         load_config(None, ["score.methods=[ccs]", "score.params.ccs.difficulty=random"])
     with pytest.raises(ConfigError, match=r"score.params.ccs.beta must lie in \[0.0, 1.0\)"):
         load_config(None, ["score.methods=[ccs]", "score.params.ccs.beta=1"])
+
+
+def reference_contextual_diversity(p: np.ndarray) -> list[int]:
+    """k-Center Greedy with explicit loops under ½KL(p‖q) + ½KL(q‖p), from the row nearest the mean."""
+    n, c = p.shape
+    skl = lambda a, b: sum(0.5 * a[j] * math.log(a[j] / b[j]) + 0.5 * b[j] * math.log(b[j] / a[j])
+                           for j in range(c))
+    mean = [sum(p[i][j] for i in range(n)) / n for j in range(c)]
+    order = [min(range(n), key=lambda i: (skl(p[i], mean), i))]
+    while len(order) < n:
+        order.append(max((i for i in range(n) if i not in order),
+                         key=lambda i: (min(skl(p[i], p[s]) for s in order), -i)))
+    return order
+
+
+def test_contextual_diversity_matches_reference_loops() -> None:
+    from coreset.methods.geometry import PROBABILITY_FLOOR
+
+    table = factor_table(70, 4, (1, 5), seed=6)
+    method = build("contextual_diversity")
+    assert method.inputs().columns == ("err",) and method.inputs().epochs == (5,) and method.inputs().by_class
+    scores = method.score(table).set_index("sample_id")
+    rows = rows_at(table, 5)
+    for c, group in rows.groupby("label"):
+        p = np.stack(group.err.to_list()).astype(np.float64)
+        p[np.arange(len(p)), c] += 1
+        p = np.maximum(np.clip(p, 0, 1), PROBABILITY_FLOOR)
+        want = [int(group.sample_id.iloc[i]) for i in reference_contextual_diversity(p)]
+        assert scores.score.loc[group.sample_id].sort_values(ascending=False, kind="stable").index.tolist() == want
+    frame = scores.reset_index()
+    assert np.array_equal(method.select(frame, 0.2, 0), method.select(frame, 0.2, 1))

@@ -1,4 +1,5 @@
-"""What the embedding-space methods share: the penultimate features ``emb`` of one checkpoint
+"""What the embedding-space methods share: the penultimate features ``emb`` (or another factor
+column, such as the probabilities behind ``err``) of one checkpoint
 (the trained model unless ``epoch`` names one of ``gradients.factor_epochs``), one class at a
 time (``by_class`` inputs), stacked into a float64 (n, d) array in sample_id order, so an
 argmax/argmin tie goes to the lower sample_id."""
@@ -27,10 +28,11 @@ class EmbeddingParams:
 
 
 class EmbeddingMethod(SelectionMethod):
-    """Scores each class from its (n_c, d) feature matrix."""
+    """Scores each class from its (n_c, d) matrix of ``column`` (the features by default)."""
 
     default_budget = "class_balanced"
     Params: type = EmbeddingParams
+    column = "emb"
 
     def __init__(self, epoch: int | None = None) -> None:
         self.epoch = epoch
@@ -42,19 +44,22 @@ class EmbeddingMethod(SelectionMethod):
         return cls(epoch=model_checkpoint(cls.name, params.epoch, context), **others)
 
     def inputs(self) -> Inputs:
-        return Inputs(columns=("emb",), epochs=(self.epoch,) if self.epoch is not None else (), by_class=True)
+        return Inputs(columns=(self.column,), epochs=(self.epoch,) if self.epoch is not None else (), by_class=True)
+
+    def matrix(self, group: pd.DataFrame) -> np.ndarray:
+        """One class's rows as a float64 (n_c, d) array."""
+        return stack_list_column(group[self.column]).astype(np.float64)
 
     @abstractmethod
     def class_scores(self, emb: np.ndarray) -> np.ndarray:
-        """Scores of one class's rows (in sample_id order)."""
+        """Scores of one class's rows (in sample_id order) from their matrix."""
 
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
-        need_columns(table, ("emb",), self.name)
+        need_columns(table, (self.column,), self.name)
         rows = at_epoch(table, self.epoch).sort_values("sample_id", kind="stable")
         parts = []
         for _, group in rows.groupby("label", sort=True):  # one class stacked at a time: memory
-            emb = stack_list_column(group["emb"]).astype(np.float64)
-            parts.append(score_frame(group, self.class_scores(emb)))
+            parts.append(score_frame(group, self.class_scores(self.matrix(group))))
         return pd.concat(parts, ignore_index=True).sort_values("sample_id").reset_index(drop=True)
 
 

@@ -17,16 +17,28 @@ overhead; BLAS does it. Ties in an arg-min/max go to the lower sample_id.
   centre, keeping min-distances up to date per centre. The paper starts from a labelled pool;
   there is none here, so the first centre is the image nearest the class mean (deterministic,
   so the subsets do not depend on the seed). DeepCore draws the first centre at random.
+- Contextual Diversity (Agarwal et al. 2020, as DeepCore implements it for classification):
+  k-Center Greedy on the class probabilities p = err + onehot(y) with the symmetric KL
+  divergence ½KL(p‖q) + ½KL(q‖p) = ½Σ_j (p_j − q_j)(log p_j − log q_j) as its distance, from
+  the image nearest (in that divergence) the class's mean probability vector. The paper's
+  region-wise, entropy-weighted class contexts reduce, for one label per image, to comparing
+  the probability vectors; DeepCore does exactly that. Probabilities are floored at 2⁻²⁴, below
+  which the float16 table holds no value (DeepCore's float32 softmax never reaches 0 either).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from coreset.methods.base import METHODS
 from coreset.methods.embedding import EmbeddingMethod, EmbeddingParams, greedy_position_scores
+from coreset.methods.uncertainty import probabilities
+
+PROBABILITY_FLOOR = 2.0**-24
 
 HerdingVariant = Literal["paper", "deepcore"]
 
@@ -54,22 +66,26 @@ def herding_order(x: np.ndarray, k: int | None = None, variant: HerdingVariant =
     return order
 
 
-def kcenter_greedy_order(x: np.ndarray, first: int, k: int | None = None) -> np.ndarray:
-    """The first k (default all) centres of k-Center Greedy from centre ``first``; the state is one
-    (n,) vector of squared distances to the nearest centre, updated per centre."""
-    n = len(x)
+def farthest_first(distance_to: Callable[[int], np.ndarray], n: int, first: int, k: int | None = None) -> np.ndarray:
+    """The first k (default all) centres of k-Center Greedy from centre ``first``, where
+    ``distance_to(p)`` gives the (n,) distances of every point to point p. The state is one (n,)
+    vector of distances to the nearest centre, updated per centre."""
     k = n if k is None else min(k, n)
-    sq = np.einsum("ij,ij->i", x, x)
     nearest = np.full(n, np.inf, dtype=np.float64)
     order = np.empty(k, dtype=np.int64)
     p = first
     for t in range(k):
         order[t] = p
-        d2 = np.maximum(sq - 2.0 * (x @ x[p]) + sq[p], 0.0)
-        np.minimum(nearest, d2, out=nearest)
+        np.minimum(nearest, distance_to(p), out=nearest)
         nearest[p] = -np.inf  # a centre stays below every candidate
         p = int(np.argmax(nearest))
     return order
+
+
+def kcenter_greedy_order(x: np.ndarray, first: int, k: int | None = None) -> np.ndarray:
+    """k-Center Greedy in Euclidean space (squared distances: the same arg-max)."""
+    sq = np.einsum("ij,ij->i", x, x)
+    return farthest_first(lambda p: np.maximum(sq - 2.0 * (x @ x[p]) + sq[p], 0.0), len(x), first, k)
 
 
 def nearest_to_mean(x: np.ndarray) -> int:
@@ -108,3 +124,27 @@ class KCenterGreedy(EmbeddingMethod):
 
     def class_scores(self, emb: np.ndarray) -> np.ndarray:
         return greedy_position_scores(kcenter_greedy_order(emb, nearest_to_mean(emb)))
+
+
+def symmetric_kl_order(p: np.ndarray, k: int | None = None) -> np.ndarray:
+    """k-Center Greedy under the symmetric KL divergence of probability rows p (all > 0), from
+    the row nearest the mean row: ½(a_i + a_c − p_i·log p_c − log p_i·p_c), a = Σ p log p."""
+    logs = np.log(p)
+    a = np.einsum("ij,ij->i", p, logs)
+    mean = p.mean(axis=0)
+    first = int(np.argmin(((p - mean) * (logs - np.log(mean))).sum(axis=1)))
+    return farthest_first(lambda c: np.maximum(0.5 * (a + a[c] - p @ logs[c] - logs @ p[c]), 0.0), len(p), first, k)
+
+
+@METHODS.register("contextual_diversity")
+class ContextualDiversity(EmbeddingMethod):
+    """k-Center Greedy per class on the probabilities, under the symmetric KL divergence."""
+
+    name = "contextual_diversity"
+    column = "err"
+
+    def matrix(self, group: pd.DataFrame) -> np.ndarray:
+        return np.maximum(probabilities(group), PROBABILITY_FLOOR)
+
+    def class_scores(self, emb: np.ndarray) -> np.ndarray:
+        return greedy_position_scores(symmetric_kl_order(emb))

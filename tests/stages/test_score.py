@@ -128,7 +128,7 @@ def test_class_units_keep_each_class_in_one_unit() -> None:
 
 
 BASELINES = ["uncertainty_least_confidence", "uncertainty_entropy", "uncertainty_margin", "el2n", "grand", "moderate",
-             "herding", "kcenter_greedy", "ccs"]
+             "herding", "kcenter_greedy", "contextual_diversity", "ccs"]
 
 
 def _baselines_cfg():
@@ -143,7 +143,8 @@ def test_baselines_score_from_the_stage_table_in_process(fresh: StudyRoot) -> No
     work_plan = score.plan(cfg, fresh)
     inputs = {w.name: w.method.inputs() for w in work_plan.methods}
     assert inputs["grand"].epochs == (1,) and inputs["el2n"].epochs == (2,) and inputs["moderate"].epochs == (3,)
-    assert {n for n, i in inputs.items() if i.by_class} == {"moderate", "herding", "kcenter_greedy", "ccs"}
+    assert {n for n, i in inputs.items() if i.by_class} == {"moderate", "herding", "kcenter_greedy",
+                                                             "contextual_diversity", "ccs"}
     n_train = work_plan.table["rows_per_epoch"]
     for work in work_plan.todo:
         if inputs[work.name].by_class:
