@@ -10,6 +10,13 @@ SOURCE_DONE = f"{SOURCE}/done.json"
 # Unreadable images left out of a folder dataset (data.corrupt=skip); absent when none were.
 SKIPPED_FILES = f"{SOURCE}/skipped_files.parquet"
 RESUME = f"{SOURCE}/checkpoints/resume.pt"
+# Each training image's correctness at each presentation of source training (Forgetting's input).
+CORRECTNESS = f"{SOURCE}/correctness"
+
+
+def correctness(epoch: int) -> str:
+    """The training forward passes' correctness in one epoch of source training."""
+    return f"{CORRECTNESS}/epoch={epoch:04d}.parquet"
 
 
 def checkpoint(epoch: int) -> str:

@@ -28,6 +28,8 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
         "epoch": pa.int64(), "lr": pa.float64(), "train_loss": pa.float64(), "train_acc": pa.float64(),
         "val_acc": pa.float64(), "test_acc": pa.float64(), "wall_s": pa.float64(),
     },
+    # correct: the argmax of the training forward pass (augmented, train mode) equals the label.
+    "correctness": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "correct": pa.bool_()},
     "trajectory": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "l2_last": pa.float64()},
     "gradients": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "loss": pa.float32(),
                   "correct": pa.bool_()},

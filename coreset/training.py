@@ -63,14 +63,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
 
 def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    device: torch.device, amp: bool = True, progress: Progress | None = None) -> EpochStats:
-    """One pass over ``batches`` with a scheduler step per batch."""
+                    device: torch.device, amp: bool = True, progress: Progress | None = None,
+                    outcomes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> EpochStats:
+    """One pass over ``batches`` with a scheduler step per batch. ``outcomes``, when given,
+    receives (sample ids, labels, correct) of every batch: what the forward pass already knows."""
     model.train()
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     n = 0
-    for x, y, _ in batches:
+    for x, y, sid in batches:
         x, y = to_device(x, device), y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
@@ -80,7 +82,10 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        hits = logits.detach().argmax(1) == y
+        correct += hits.sum()
+        if outcomes is not None:
+            outcomes.append((sid, y.cpu(), hits.cpu()))
         n += len(y)
         if progress is not None:
             progress.step(loss=loss.detach())

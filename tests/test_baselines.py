@@ -366,3 +366,43 @@ def test_contextual_diversity_matches_reference_loops() -> None:
         assert scores.score.loc[group.sample_id].sort_values(ascending=False, kind="stable").index.tolist() == want
     frame = scores.reset_index()
     assert np.array_equal(method.select(frame, 0.2, 0), method.select(frame, 0.2, 1))
+
+
+# --------------------------------------------------------------------------- Forgetting
+
+def reference_forgetting(history: dict[int, list[bool]], n_epochs: int, deepcore: bool) -> dict[int, float]:
+    """Toneva et al.'s count with an explicit loop over each image's presentations."""
+    scores = {}
+    for i, seq in history.items():
+        events, previous = 0, False if deepcore else None
+        for correct in seq:
+            if previous and not correct:
+                events += 1
+            previous = correct
+        scores[i] = float(events if deepcore or any(seq) else n_epochs)
+    return scores
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepcore"])
+def test_forgetting_counts_events_like_the_reference(variant: str) -> None:
+    rng = np.random.default_rng(8)
+    n, n_epochs = 150, 6
+    labels = rng.integers(0, 3, n)
+    learn = rng.random(n)
+    frames = []
+    for epoch in range(1, n_epochs + 1):
+        shown = rng.random(n) > 0.1  # as under DDP, an epoch may leave an image out
+        frames.append(pd.DataFrame({"sample_id": np.flatnonzero(shown) * 2, "label": labels[shown], "epoch": epoch,
+                                    "correct": rng.random(shown.sum()) < learn[shown] * epoch / n_epochs}))
+    table = pd.concat(frames).sample(frac=1.0, random_state=1)
+    history: dict[int, list[bool]] = {}
+    for r in table.sort_values("epoch").itertuples():
+        history.setdefault(int(r.sample_id), []).append(bool(r.correct))
+    method = build("forgetting", variant=variant)
+    assert method.inputs().table == "correctness"
+    scores = method.score(table)
+    want = reference_forgetting(history, n_epochs, variant == "deepcore")
+    assert scores.score.tolist() == [want[i] for i in scores.sample_id]
+    assert (scores.score == n_epochs).any() == (variant == "paper")
+    label_of = dict(zip(scores.sample_id, scores.label, strict=True))
+    assert method.select(scores, 0.2, seed=0).tolist() == reference_top(want, label_of, 0.2, True)

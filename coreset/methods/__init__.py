@@ -4,6 +4,7 @@ from __future__ import annotations
 from coreset.methods import (  # noqa: F401 (registers methods)
     ccs,
     data_diet,
+    forgetting,
     geometry,
     gradient_magnitude,
     gradsimcore,

@@ -114,7 +114,10 @@ def class_units(table: dict[str, Any]) -> list[list[int]]:
 def read_inputs(root: StudyRoot, inputs: Inputs, table: dict[str, Any], shards: list[int] | None = None
                 ) -> pd.DataFrame:
     """The rows ``inputs`` asks for, from the shard files of its epochs (of ``shards`` only
-    when given), only its columns; list columns stay Arrow-backed."""
+    when given), only its columns; list columns stay Arrow-backed. Methods of source training's
+    dynamics read the correctness table instead (:func:`read_correctness`)."""
+    if inputs.table == "correctness":
+        return read_correctness(root, inputs)
     missing_epochs = sorted(set(inputs.epochs) - set(table["epochs"]))
     if missing_epochs:
         raise StageError(f"gradient table has no rows at epochs {missing_epochs}; it holds epochs {table['epochs']}")
@@ -127,6 +130,18 @@ def read_inputs(root: StudyRoot, inputs: Inputs, table: dict[str, Any], shards: 
         raise StageError(f"gradient table lacks {missing}; columns present: {dataset.schema.names}")
     arrow = dataset.to_table(columns=columns)
     return arrow.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_fixed_size_list(t) else None)
+
+
+def read_correctness(root: StudyRoot, inputs: Inputs) -> pd.DataFrame:
+    """Source training's per-epoch correctness rows (its epochs ``inputs.epochs``, or all)."""
+    names = [n for n in root.list(layout.CORRECTNESS) if n.endswith(".parquet")]
+    if not names:
+        raise StageError(f"{root.url(layout.CORRECTNESS)} holds no correctness table (source training records "
+                         f"it since issue 12); train the source model into a new --root")
+    paths = [root.path(f"{layout.CORRECTNESS}/{n}") for n in names]
+    columns = ["sample_id", "label", "epoch"] + [c for c in inputs.columns if c not in KEYS]
+    rows = pads.dataset(paths, filesystem=root.fs, format="parquet").to_table(columns=columns).to_pandas()
+    return rows[rows.epoch.isin(inputs.epochs)] if inputs.epochs else rows
 
 
 def score_unit(method: SelectionMethod, root: StudyRoot, table: dict[str, Any], shards: list[int]

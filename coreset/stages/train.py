@@ -3,7 +3,9 @@
 Epoch 0 is the random initialisation; after each epoch the weights are checkpointed,
 the training log gains a row (train loss/accuracy, validation and test accuracy, wall
 seconds) and the trajectory table gains the last-layer gradient norms of a fixed probe
-set (the heatmaps of the gradient-magnitude paper). An interrupted run resumes from
+set (the heatmaps of the gradient-magnitude paper), and ``source/correctness/`` a file of
+every training image's correctness in that epoch's training forward passes (Forgetting's
+input; ranks' rows are gathered to rank 0). An interrupted run resumes from
 its last completed epoch. Early stopping watches validation accuracy; the best
 validation epoch is recorded as the trained model.
 
@@ -193,7 +195,9 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         train_batches.set_epoch(epoch)
         progress = Progress(f"epoch {epoch}/{cfg.train.epochs}", len(train_batches))
-        stats = train_one_epoch(net, train_batches, optimizer, scheduler, device, cfg.train.amp, progress)
+        outcomes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        stats = train_one_epoch(net, train_batches, optimizer, scheduler, device, cfg.train.amp, progress, outcomes)
+        presented = _gather(correctness_rows(outcomes, epoch), world)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc}
         if lead:
             val = evaluate(model, datasets.batches("train", val_ids, cfg.train.eval_batch_size), device,
@@ -206,6 +210,7 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
             trajectory = pd.concat([trajectory, trajectory_rows(model, datasets, probe, epoch, device,
                                                                cfg.train.eval_batch_size)], ignore_index=True)
             save_checkpoint(root, layout.checkpoint(epoch), {"model": model.state_dict(), "epoch": epoch, "meta": meta})
+            write_table(root, layout.correctness(epoch), presented, "correctness")
             write_table(root, layout.TRAJECTORY, trajectory, "trajectory")
             write_table(root, layout.TRAIN_LOG, history, "train_log")
             save_checkpoint(root, layout.RESUME, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -224,6 +229,23 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
     if lead:
         root.write_bytes(layout.SOURCE_DONE, json.dumps(result.__dict__, indent=2).encode())
     return result
+
+
+def correctness_rows(outcomes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int) -> pd.DataFrame:
+    """One row per image presented in the epoch (the correctness table, in sample_id order)."""
+    sid, y, hit = (torch.cat(parts).numpy() for parts in zip(*outcomes, strict=True))
+    rows = pd.DataFrame({"sample_id": sid.astype(np.int64), "label": y.astype(np.int64), "epoch": epoch,
+                         "correct": hit.astype(bool)})
+    return rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def _gather(rows: pd.DataFrame, world: int) -> pd.DataFrame:
+    """Every rank's rows, on every rank (data-parallel ranks see disjoint shards of the epoch)."""
+    if world <= 1:
+        return rows
+    parts: list[pd.DataFrame | None] = [None] * world
+    torch.distributed.all_gather_object(parts, rows)
+    return pd.concat(parts, ignore_index=True).sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
 def _patience_exhausted(history: pd.DataFrame, patience: int) -> bool:

@@ -128,7 +128,7 @@ def test_class_units_keep_each_class_in_one_unit() -> None:
 
 
 BASELINES = ["uncertainty_least_confidence", "uncertainty_entropy", "uncertainty_margin", "el2n", "grand", "moderate",
-             "herding", "kcenter_greedy", "contextual_diversity", "ccs"]
+             "herding", "kcenter_greedy", "contextual_diversity", "forgetting", "ccs"]
 
 
 def _baselines_cfg():
@@ -159,6 +159,9 @@ def test_baselines_score_from_the_stage_table_in_process(fresh: StudyRoot) -> No
     subsets = pd.read_parquet(fresh.url(layout.SUBSETS))
     for (method, fraction, _seed), rows in subsets.groupby(["method", "fraction", "seed"]):
         assert len(rows) == global_budget(n_train, fraction) and rows.sample_id.is_unique, (method, fraction)
+    fresh.delete(layout.CORRECTNESS)  # a root trained before the correctness table existed
+    with pytest.raises(StageError, match="holds no correctness table"):
+        score.read_inputs(fresh, inputs["forgetting"], work_plan.table)
     def ids(m: str, s: int) -> list[int]:
         return subsets[(subsets.method == m) & (subsets.fraction == 0.1) & (subsets.seed == s)].sample_id.tolist()
     for m in BASELINES[:-1]:

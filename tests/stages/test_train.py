@@ -69,6 +69,16 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path: Path) -> None:
     assert log_cut.train_loss.to_numpy() == pytest.approx(log_full.train_loss.to_numpy(), rel=1e-4)
     traj = pd.read_parquet(tmp_path / "cut" / "source" / "trajectory.parquet")
     assert traj.groupby("epoch").size().to_dict() == {0: 16, 1: 16, 2: 16, 3: 16}
+    # Every training image's correctness at every epoch (Forgetting's input), resumed alike; it is
+    # the training forward pass's, so its mean is the logged training accuracy.
+    seen = {name: pd.read_parquet(tmp_path / name / layout.CORRECTNESS) for name in ("full", "cut")}
+    split = pd.read_parquet(tmp_path / "full" / layout.SPLIT)
+    train_ids = sorted(split.sample_id[split.split == "train"])
+    for epoch, rows in seen["cut"].groupby("epoch"):
+        assert rows.sample_id.tolist() == train_ids, epoch
+        assert rows.correct.mean() == pytest.approx(log_cut.train_acc[log_cut.epoch == epoch].item())
+    assert sorted(seen["cut"].epoch.unique()) == [1, 2, 3]
+    assert (seen["cut"].correct.to_numpy() == seen["full"].correct.to_numpy()).mean() > 0.98  # float noise only
 
 
 def test_early_stopping_records_best_epoch(tmp_path: Path) -> None:
