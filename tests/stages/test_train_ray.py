@@ -10,6 +10,7 @@ import pytest
 import ray
 from studies import synthetic_study
 
+from coreset import layout
 from coreset.cluster.train import run_train
 from coreset.config import load_config
 from coreset.storage import StudyRoot
@@ -35,6 +36,9 @@ def test_two_worker_data_parallel_training(tmp_path: Path, local_ray: dict) -> N
     assert log.samples_per_s.notna().all()
     assert {"epoch=0000.pt", "epoch=0001.pt", "epoch=0002.pt"} <= set(root.list("source/checkpoints"))
     assert log.test_acc.iloc[-1] > 0.5  # 4 synthetic classes: well above chance
+    seen = pd.read_parquet(tmp_path / layout.CORRECTNESS)  # both ranks' rows, gathered: 2 x 230 per epoch
+    assert seen.groupby("epoch").sample_id.nunique().to_dict() == {1: 460, 2: 460}
+    assert not seen.duplicated(["sample_id", "epoch"]).any()  # (the log's train_acc is rank 0's shard only)
     again = run_train(cfg, root, local_ray)  # finished: no work
     assert again == result
 
