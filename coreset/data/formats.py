@@ -25,6 +25,7 @@ import torch
 import torchvision
 
 from coreset.config import DataConfig
+from coreset.data.decode import DECODER
 from coreset.data.idx import IDX_FILES, find_idx_files, idx_splits
 from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
 from coreset.storage import StorageError, StudyRoot
@@ -246,7 +247,7 @@ def _decoded_cached(files: list[Path], channels: int, size: int,
     """Decode once per machine: the uint8 array of the readable images is kept as ``.npy`` in
     the cache (no pickle), the unreadable ones' ``(index, reason)`` beside it, so a cache hit
     applies the corrupt-image policy exactly as a fresh decode does."""
-    path = cache / "decoded" / f"{_fingerprint(files, channels, size)}.npy"
+    path = cache / "decoded" / f"{_fingerprint(files, channels, size, DECODER)}.npy"
     bad_path = path.with_suffix(".unreadable.json")
     if path.is_file():
         bad = json.loads(bad_path.read_text()) if bad_path.is_file() else []

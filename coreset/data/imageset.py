@@ -7,14 +7,14 @@ A file that cannot be decoded is named in a one-line :class:`DataError`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
+from coreset.data.decode import decode_image, reason, resize_center_crop
 from coreset.errors import DataError
 
 
@@ -52,54 +52,48 @@ class ImageSet:
     def in_memory(self) -> bool:
         return self.images is not None
 
-    def decode(self, index: int) -> Image.Image:
-        """One image as PIL (only for file-backed sets); a DataError names an unreadable file."""
+    def decode(self, index: int) -> torch.Tensor:
+        """One image as uint8 ``C×H×W`` (only for file-backed sets); a DataError names an unreadable file."""
         assert self.files is not None
         try:
-            with Image.open(self.files[index]) as im:
-                return im.convert("RGB" if self.channels == 3 else "L")
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+            return decode_image(self.files[index].read_bytes(), self.channels)
+        except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
             raise DataError(f"cannot decode {self.files[index]}: {reason(e)}") from None
-
-
-def reason(e: BaseException) -> str:
-    """One line saying why a file could not be read."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def decode_files(files: Sequence[Path], channels: int, size: int | None) -> tuple[torch.Tensor, list[tuple[int, str]]]:
     """Decode image files into one uint8 tensor (N, C, S, S); resize when ``size`` is given.
 
     Images not already ``size`` px square are resized on the shorter side and
-    center-cropped, the eval transform of ImageNet practice. Files PIL cannot decode
+    center-cropped, the eval transform of ImageNet practice. Files that cannot be decoded
     (truncated, garbled, not an image) are left out of the tensor and returned as
     ``(index, reason)``, so that the caller applies the ``data.corrupt`` policy.
     """
-    mode = "RGB" if channels == 3 else "L"
-    out: np.ndarray | None = None
+    return decode_all((f.read_bytes() for f in files), channels, size, [str(f) for f in files])
+
+
+def decode_all(encoded: Iterable[bytes], channels: int, size: int | None,
+               names: Sequence[str]) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """:func:`decode_files` over encoded images (from files or a pack); ``names`` for messages."""
+    out: torch.Tensor | None = None
     bad: list[tuple[int, str]] = []
-    for i, f in enumerate(files):
+    for i, data in enumerate(encoded):
         try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != (size, size):
-                    im = resize_center_crop(im, size)
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+            image = decode_image(data, channels)
+        except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
             bad.append((i, reason(e)))
             continue
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        if size is not None:
+            image = resize_center_crop(image, size)
         if out is None:
-            out = np.empty((len(files), arr.shape[0], arr.shape[1], arr.shape[2]), dtype=np.uint8)
-        if arr.shape != out.shape[1:]:
-            raise DataError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, "
-                            f"others are {out.shape[2]}x{out.shape[1]}; set data.image_size")
-        out[i - len(bad)] = arr
+            out = torch.empty((len(names), *image.shape), dtype=torch.uint8)
+        if image.shape != out.shape[1:]:
+            raise DataError(f"{names[i]}: image is {image.shape[2]}x{image.shape[1]}, "
+                            f"others are {out.shape[3]}x{out.shape[2]}; set data.image_size")
+        out[i - len(bad)] = image
     if out is None:
         return torch.empty((0, channels, size or 1, size or 1), dtype=torch.uint8), bad
-    return torch.from_numpy(out[: len(files) - len(bad)]).permute(0, 3, 1, 2).contiguous(), bad
+    return out[: len(names) - len(bad)].contiguous(), bad
 
 
 def unreadable_headers(files: Sequence[Path]) -> list[tuple[int, str]]:
@@ -114,12 +108,3 @@ def unreadable_headers(files: Sequence[Path]) -> list[tuple[int, str]]:
         except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
             bad.append((i, reason(e)))
     return bad
-
-
-def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    w, h = im.size
-    scale = size / min(w, h)
-    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))

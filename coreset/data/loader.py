@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from coreset.data.imageset import DataError, ImageSet, resize_center_crop
+from coreset.data.decode import resize_center_crop
+from coreset.data.imageset import DataError, ImageSet
 from coreset.data.transforms import BatchTransform
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -105,10 +106,8 @@ class _Decoded(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         try:
-            im = resize_center_crop(self.dataset.decode(index), self.size)
+            image = resize_center_crop(self.dataset.decode(index), self.size)
         except DataError:
             return torch.zeros(self.dataset.channels, self.size, self.size, dtype=torch.uint8), \
                 self.dataset.labels[index], torch.tensor(index), False
-        arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
-        arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
-        return arr, self.dataset.labels[index], torch.tensor(index), True
+        return image, self.dataset.labels[index], torch.tensor(index), True
