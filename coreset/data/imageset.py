@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -17,13 +18,17 @@ from PIL import Image
 from coreset.data.decode import decode_image, reason, resize_center_crop
 from coreset.errors import DataError
 
+if TYPE_CHECKING:
+    from coreset.data.packed import PackedSplit
+
 
 @dataclass
 class ImageSet:
     """Images of one split in canonical order; ``sample_id`` is the row index.
 
-    Exactly one of ``images`` (decoded, uint8 N×C×H×W) and ``files`` (paths, decoded
-    lazily) is set. ``paths`` are relative to the split folder for folder datasets;
+    Exactly one of ``images`` (decoded, uint8 N×C×H×W), ``files`` (paths, decoded lazily)
+    and ``pack`` (a split of a packed dataset, decoded lazily) is set. ``paths`` are relative
+    to the split folder ``root`` for folder datasets (and recorded in a pack's index);
     ``skipped`` lists ``(path, reason)`` of unreadable files left out (``data.corrupt=skip``)
     before the ids were assigned.
     """
@@ -35,10 +40,12 @@ class ImageSet:
     files: list[Path] | None = None
     paths: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    root: Path | None = None
+    pack: PackedSplit | None = None
 
     def __post_init__(self) -> None:
-        if (self.images is None) == (self.files is None):
-            raise ValueError("an ImageSet holds either decoded images or files, not both")
+        if sum(x is not None for x in (self.images, self.files, self.pack)) != 1:
+            raise ValueError("an ImageSet holds one of decoded images, files or a pack split")
         self.labels = self.labels.to(torch.int64)
 
     def __len__(self) -> int:
@@ -52,13 +59,21 @@ class ImageSet:
     def in_memory(self) -> bool:
         return self.images is not None
 
+    def source(self, index: int) -> str:
+        """Where image ``index`` is read from (file-backed and packed sets), for messages."""
+        return str(self.files[index]) if self.files is not None else self.pack.member(index)  # type: ignore[union-attr]
+
+    def encoded(self, index: int) -> bytes:
+        """The stored bytes of image ``index`` (file-backed and packed sets)."""
+        return self.files[index].read_bytes() if self.files is not None else self.pack.read(index)  # type: ignore[union-attr]
+
     def decode(self, index: int) -> torch.Tensor:
-        """One image as uint8 ``C×H×W`` (only for file-backed sets); a DataError names an unreadable file."""
-        assert self.files is not None
+        """One image as uint8 ``C×H×W`` (file-backed and packed sets); a DataError names an unreadable one."""
+        data = self.encoded(index)
         try:
-            return decode_image(self.files[index].read_bytes(), self.channels)
+            return decode_image(data, self.channels)
         except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
-            raise DataError(f"cannot decode {self.files[index]}: {reason(e)}") from None
+            raise DataError(f"cannot decode {self.source(index)}: {reason(e)}") from None
 
 
 def decode_files(files: Sequence[Path], channels: int, size: int | None) -> tuple[torch.Tensor, list[tuple[int, str]]]:
