@@ -198,6 +198,16 @@ def test_pack_job_on_ray_into_s3_and_read_back(tiny: tuple[Path, Path, Path], s3
                             "--shard-mb", str(SHARD_MB)], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0 and "pack: 0 of" in again.stderr, again.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "jobs/pack.py", "--config", str(config), "--out", out, "--quality", "0"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--quality: must lie in 1..100" in bad.stderr
+
+
+def test_pack_options_are_checked_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    from coreset.cli import parser
+    from coreset.cluster.pack import _pack_args
+
+    p = parser("pack")
+    _pack_args(p)
+    for bad, why in ((["--quality", "0"], "--quality: must lie in 1..100"), (["--shard-mb", "0"], "must be > 0"),
+                     (["--short-side", "-1"], "must be >= 0")):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(["--config", "c.yaml", "--out", "o", *bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err

@@ -15,8 +15,7 @@ import time
 import ray
 
 from coreset.cli import parse_job_args
-from coreset.cluster.job import one_line_errors
-from coreset.cluster.runtime import init_ray
+from coreset.cluster.runtime import init_ray, one_line_errors
 from coreset.data.formats import load_splits
 from coreset.data.imageset import ImageSet
 from coreset.data.pack import PackSettings, ShardWork, finish_pack, pack_source, plan_pack, start_pack, write_shard
