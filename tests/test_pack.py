@@ -20,6 +20,7 @@ from folders import images, tiny_folder, truncate
 
 from coreset.config import DataConfig, GradientsConfig, StudyConfig
 from coreset.data import DataError, Datasets, load_datasets
+from coreset.data.decode import decode_image
 from coreset.data.formats import load_splits
 from coreset.data.pack import PackSettings, finish_pack, pack_source, plan_pack, start_pack, write_shard
 from coreset.models import build_model
@@ -211,3 +212,14 @@ def test_pack_options_are_checked_before_any_work(capsys: pytest.CaptureFixture[
         with pytest.raises(SystemExit) as e:
             p.parse_args(["--config", "c.yaml", "--out", "o", *bad])
         assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_reencoded_pack_records_its_encoding_and_smaller_images(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, _, cache = tiny
+    pack_here(_cfg(folder, cache), tmp_path / "pack", PackSettings(shard_mb=SHARD_MB, short_side=32, quality=80))
+    manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
+    assert manifest["encoding"] == {"kind": "jpeg", "short_side": 32, "quality": 80}
+    with tarfile.open(tmp_path / "pack" / "train-000000.tar") as tar:
+        assert decode_image(tar.extractfile("00000000.jpg").read(), 3).shape == (3, 32, 32)  # type: ignore[union-attr]
+    small = load_datasets(dataclasses.replace(_cfg(tmp_path / "pack", cache), image_size=32))
+    assert small.train.images.shape == (60, 3, 32, 32)
