@@ -72,15 +72,22 @@ class PackedSplit:
 
     def read(self, index: int) -> bytes:
         """One image's bytes: a range read at the index's offset."""
-        shard = int(self.shard_of[index])
+        return self._ranges(np.array([index]))[0]
+
+    def _ranges(self, ids: np.ndarray) -> list[bytes]:
+        """Range reads of ``ids`` (one shard) through one open file: on S3 one HEAD, then a GET each."""
+        shard = int(self.shard_of[ids[0]])
+        out = []
         try:
             with self.root.fs.open_input_file(self.root.path(self.shards[shard]["name"])) as f:
-                data = f.read_at(int(self.sizes[index]), int(self.offsets[index]))
+                for i in ids.tolist():
+                    out.append(f.read_at(int(self.sizes[i]), int(self.offsets[i])))
+                    if len(out[-1]) != int(self.sizes[i]):
+                        raise DataError(f"{self.shard_url(shard)} is truncated: sample {i} lies past its end; "
+                                        f"repack it")
         except OSError as e:
-            raise DataError(f"cannot read {self.member(index)}: {e}") from None
-        if len(data) != int(self.sizes[index]):
-            raise DataError(f"{self.shard_url(shard)} is truncated: sample {index} lies past its end; repack it")
-        return data
+            raise DataError(f"cannot read {self.member(int(ids[len(out)]))}: {e}") from None
+        return out
 
     def groups(self, order: Sequence[int]) -> list[np.ndarray]:
         """``order`` cut where the shard changes: each group lies in one shard."""
@@ -95,7 +102,7 @@ class PackedSplit:
         are a large part of it, else a range read each."""
         shard = int(self.shard_of[ids[0]])
         if len(ids) < STREAM_FRACTION * self.shards[shard]["count"]:
-            return [self.read(int(i)) for i in ids]
+            return self._ranges(ids)
         wanted = {member_key(int(i)): int(i) for i in ids}
         found = {wanted[key]: data for key, data in self.stream(shard) if key in wanted}
         return [found[int(i)] for i in ids]
