@@ -40,8 +40,9 @@ class DataConfig:
     ``root`` is a directory holding the dataset in torchvision's layout, the four official
     IDX files (``.gz`` or not, in ``root`` or ``root/<name>``) of mnist, fashion_mnist or
     any ``idx`` set, an ImageFolder tree (``train/`` and ``val/`` or ``test/``), or an
-    archive of one (``.tar.gz``); the shared ``../shared/data`` folder works for mnist and
-    cifar10 (JPEG). Nothing is downloaded unless ``download`` is true.
+    archive of one (``.tar.gz``), or a pack of any of these (``jobs/pack.py``; a local path or
+    ``s3://``, ``gs://``); the shared ``../shared/data`` folder works for mnist and cifar10 (JPEG).
+    Nothing is downloaded unless ``download`` is true.
 
     ``name: idx`` loads any dataset shipped as IDX files (KMNIST; EMNIST, whose names carry
     a prefix such as ``emnist-balanced-``, one set per folder): IDX files hold no class

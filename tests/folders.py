@@ -28,7 +28,8 @@ def images(folder: Path, split: str = "train") -> list[Path]:
 
 
 def truncate(path: Path) -> bytes:
-    """Cut a JPEG in half: its header still parses, decoding fails ('image file is truncated').
+    """Cut a JPEG in half: its header still parses, decoding fails (TorchCodec: 'Image is incomplete or
+    truncated').
     Returns the original bytes (to repair it)."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])

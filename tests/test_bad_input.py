@@ -167,7 +167,7 @@ def test_corrupt_jpeg_fails_naming_the_file(shared_data: Path, tmp_path: Path) -
     truncate(bad)
     proc = run_job("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
     line = one_error_line(proc)
-    assert line.startswith(f"error: cannot decode {bad}: image file is truncated"), line
+    assert line.startswith(f"error: cannot decode {bad}: Image is incomplete or truncated"), line
     assert line.endswith("set data.corrupt=skip to leave unreadable images out")
     assert not (tmp_path / "root").exists()
 
@@ -204,7 +204,7 @@ def test_corrupt_jpeg_found_mid_epoch_in_a_file_backed_set(shared_data: Path, tm
     root = tmp_path / "root"
     proc = run_job("train.py", root, *_folder_sets(folder, tmp_path, "data.max_decoded_gb=0", "data.loader_workers=1"))
     line = one_error_line(proc)
-    assert line.startswith(f"error: cannot decode {bad}: image file is truncated"), line
+    assert line.startswith(f"error: cannot decode {bad}: Image is incomplete or truncated"), line
     assert "repair or remove the file" in line
     assert not [p for p in snapshot(root) if ".tmp-" in p]
 

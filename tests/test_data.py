@@ -122,7 +122,7 @@ def test_corrupt_image_fails_naming_it_also_from_the_cache(shared_data: Path, tm
     original = truncate(bad)
     cache = tmp_path / "cache"
     for _ in range(2):  # the second load hits the decode cache and must fail the same way
-        with pytest.raises(DataError, match=f"cannot decode {bad}: image file is truncated.*data.corrupt=skip"):
+        with pytest.raises(DataError, match=f"cannot decode {bad}: Image is incomplete or truncated.*corrupt=skip"):
             load_datasets(_folder_cfg(folder, cache))
     assert len(list((cache / "decoded").glob("*.npy"))) == 1  # the train split, with its unreadable list
     bad.write_bytes(original)  # repaired: a new cache key, a clean load
@@ -165,6 +165,6 @@ def test_file_backed_sets_check_headers_then_fail_on_decode(shared_data: Path, t
     truncate(images(folder)[6])  # the header still parses: found only when a loader worker decodes it
     ds = load_datasets(_folder_cfg(folder, cache, corrupt="skip", **lazy))
     assert len(ds.train) == 11 and len(list((cache / "checked").glob("*.json"))) == 3  # a changed file: checked again
-    with pytest.raises(DataError, match="cannot decode .*n01629819_10.JPEG: image file is truncated.*use a new --root"):
+    with pytest.raises(DataError, match="cannot decode .*n01629819_10.JPEG: Image is incomplete or truncated.*--root"):
         for _ in ds.batches("train", None, 4):
             pass

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
-from coreset.cli import JobArgs, fail, parse_job_args, record_config
-from coreset.cluster.runtime import init_ray, user_error
+from coreset.cli import JobArgs, parse_job_args, record_config
+from coreset.cluster.runtime import init_ray, one_line_errors
 from coreset.cluster.stages import STAGES
 from coreset.data import load_datasets
 from coreset.progress import duration
@@ -18,19 +17,6 @@ from coreset.stages.train import check_study_data
 
 log = logging.getLogger("coreset")
 __all__ = ["one_line_errors", "run_stages", "start_job"]
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Errors a user can act on end the job with one line on stderr and exit code 2, also
-    when they happened in a Ray task, actor or Train worker; other errors keep their traceback."""
-    try:
-        yield
-    except Exception as e:
-        cause = user_error(e)
-        if cause is None:
-            raise
-        fail(str(cause))
 
 
 def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 from ray.exceptions import RayTaskError
 
+from coreset.cli import fail
 from coreset.errors import UserError
 
 log = logging.getLogger("coreset")
@@ -25,6 +28,19 @@ def user_error(e: BaseException | None) -> BaseException | None:
         else:
             return e if isinstance(e, UserError) else None
     return None
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Errors a user can act on end the job with one line on stderr and exit code 2, also
+    when they happened in a Ray task, actor or Train worker; other errors keep their traceback."""
+    try:
+        yield
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        fail(str(cause))
 
 
 _verbose = False

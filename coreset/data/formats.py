@@ -4,7 +4,8 @@ Resolution order for each name: the official IDX files of MNIST-like sets (read 
 :mod:`coreset.data.idx`; ``idx`` names any such set, whose classes the config lists), then
 torchvision's own format (its classes, downloading only when ``download`` is true), then
 an ImageFolder tree, then an archive of one (extracted once into the cache, never into
-the repository). The shared data folder of this project holds MNIST's official files and
+the repository). A packed dataset (``jobs/pack.py``; any ``s3://`` or ``gs://`` root) is read by
+:mod:`coreset.data.packed`. The shared data folder of this project holds MNIST's official files and
 JPEG archives of CIFAR-10 and Tiny-ImageNet-10, all of which resolve here.
 
 Unreadable images in a folder follow ``data.corrupt`` (see :class:`DataConfig`): ``fail``
@@ -25,8 +26,10 @@ import torch
 import torchvision
 
 from coreset.config import DataConfig
+from coreset.data.decode import DECODER
 from coreset.data.idx import IDX_FILES, find_idx_files, idx_splits
 from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
+from coreset.data.packed import is_pack, load_pack
 from coreset.storage import StorageError, StudyRoot
 
 __all__ = ["DataError", "cache_dir", "load_splits", "native_size"]
@@ -67,6 +70,8 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
         from coreset.data.synthetic import synthetic_splits
 
         return synthetic_splits(cfg.synthetic_size, cfg.synthetic_classes, native_size(cfg))
+    if is_pack(cfg.root):
+        return load_pack(cfg.name, cfg.root, native_size(cfg), cfg.max_decoded_gb)
     root = Path(os.path.expanduser(cfg.root))
     if not root.exists() and not cfg.download:
         raise DataError(f"data.root {root} does not exist; set data.root to the folder that holds {cfg.name}")
@@ -207,9 +212,11 @@ def _folder_splits(cfg: DataConfig, folder: Path, channels: int) -> tuple[ImageS
         paths = [str(f.relative_to(split_dir)) for f in files]
         lab = torch.tensor(labels, dtype=torch.int64)
         if decoded:
-            sets.append(ImageSet(lab, train_classes, channels, images=images, paths=paths, skipped=skipped))
+            sets.append(ImageSet(lab, train_classes, channels, images=images, paths=paths, skipped=skipped,
+                                 root=split_dir))
         else:
-            sets.append(ImageSet(lab, train_classes, channels, files=files, paths=paths, skipped=skipped))
+            sets.append(ImageSet(lab, train_classes, channels, files=files, paths=paths, skipped=skipped,
+                                 root=split_dir))
     return sets[0], sets[1]
 
 
@@ -246,7 +253,7 @@ def _decoded_cached(files: list[Path], channels: int, size: int,
     """Decode once per machine: the uint8 array of the readable images is kept as ``.npy`` in
     the cache (no pickle), the unreadable ones' ``(index, reason)`` beside it, so a cache hit
     applies the corrupt-image policy exactly as a fresh decode does."""
-    path = cache / "decoded" / f"{_fingerprint(files, channels, size)}.npy"
+    path = cache / "decoded" / f"{_fingerprint(files, channels, size, DECODER)}.npy"
     bad_path = path.with_suffix(".unreadable.json")
     if path.is_file():
         bad = json.loads(bad_path.read_text()) if bad_path.is_file() else []

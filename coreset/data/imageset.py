@@ -7,23 +7,28 @@ A file that cannot be decoded is named in a one-line :class:`DataError`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from PIL import Image
 
+from coreset.data.decode import decode_image, reason, resize_center_crop
 from coreset.errors import DataError
+
+if TYPE_CHECKING:
+    from coreset.data.packed import PackedSplit
 
 
 @dataclass
 class ImageSet:
     """Images of one split in canonical order; ``sample_id`` is the row index.
 
-    Exactly one of ``images`` (decoded, uint8 N×C×H×W) and ``files`` (paths, decoded
-    lazily) is set. ``paths`` are relative to the split folder for folder datasets;
+    Exactly one of ``images`` (decoded, uint8 N×C×H×W), ``files`` (paths, decoded lazily)
+    and ``pack`` (a split of a packed dataset, decoded lazily) is set. ``paths`` are relative
+    to the split folder ``root`` for folder datasets (and recorded in a pack's index);
     ``skipped`` lists ``(path, reason)`` of unreadable files left out (``data.corrupt=skip``)
     before the ids were assigned.
     """
@@ -35,10 +40,12 @@ class ImageSet:
     files: list[Path] | None = None
     paths: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    root: Path | None = None
+    pack: PackedSplit | None = None
 
     def __post_init__(self) -> None:
-        if (self.images is None) == (self.files is None):
-            raise ValueError("an ImageSet holds either decoded images or files, not both")
+        if sum(x is not None for x in (self.images, self.files, self.pack)) != 1:
+            raise ValueError("an ImageSet holds one of decoded images, files or a pack split")
         self.labels = self.labels.to(torch.int64)
 
     def __len__(self) -> int:
@@ -52,54 +59,56 @@ class ImageSet:
     def in_memory(self) -> bool:
         return self.images is not None
 
-    def decode(self, index: int) -> Image.Image:
-        """One image as PIL (only for file-backed sets); a DataError names an unreadable file."""
-        assert self.files is not None
+    def source(self, index: int) -> str:
+        """Where image ``index`` is read from (file-backed and packed sets), for messages."""
+        return str(self.files[index]) if self.files is not None else self.pack.member(index)  # type: ignore[union-attr]
+
+    def encoded(self, index: int) -> bytes:
+        """The stored bytes of image ``index`` (file-backed and packed sets)."""
+        return self.files[index].read_bytes() if self.files is not None else self.pack.read(index)  # type: ignore[union-attr]
+
+    def decode(self, index: int) -> torch.Tensor:
+        """One image as uint8 ``C×H×W`` (file-backed and packed sets); a DataError names an unreadable one."""
+        data = self.encoded(index)
         try:
-            with Image.open(self.files[index]) as im:
-                return im.convert("RGB" if self.channels == 3 else "L")
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-            raise DataError(f"cannot decode {self.files[index]}: {reason(e)}") from None
-
-
-def reason(e: BaseException) -> str:
-    """One line saying why a file could not be read."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+            return decode_image(data, self.channels)
+        except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
+            raise DataError(f"cannot decode {self.source(index)}: {reason(e)}") from None
 
 
 def decode_files(files: Sequence[Path], channels: int, size: int | None) -> tuple[torch.Tensor, list[tuple[int, str]]]:
     """Decode image files into one uint8 tensor (N, C, S, S); resize when ``size`` is given.
 
     Images not already ``size`` px square are resized on the shorter side and
-    center-cropped, the eval transform of ImageNet practice. Files PIL cannot decode
+    center-cropped, the eval transform of ImageNet practice. Files that cannot be decoded
     (truncated, garbled, not an image) are left out of the tensor and returned as
     ``(index, reason)``, so that the caller applies the ``data.corrupt`` policy.
     """
-    mode = "RGB" if channels == 3 else "L"
-    out: np.ndarray | None = None
+    return decode_all((f.read_bytes() for f in files), channels, size, [str(f) for f in files])
+
+
+def decode_all(encoded: Iterable[bytes], channels: int, size: int | None,
+               names: Sequence[str]) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """:func:`decode_files` over encoded images (from files or a pack); ``names`` for messages."""
+    out: torch.Tensor | None = None
     bad: list[tuple[int, str]] = []
-    for i, f in enumerate(files):
+    for i, data in enumerate(encoded):
         try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != (size, size):
-                    im = resize_center_crop(im, size)
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+            image = decode_image(data, channels)
+        except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
             bad.append((i, reason(e)))
             continue
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        if size is not None:
+            image = resize_center_crop(image, size)
         if out is None:
-            out = np.empty((len(files), arr.shape[0], arr.shape[1], arr.shape[2]), dtype=np.uint8)
-        if arr.shape != out.shape[1:]:
-            raise DataError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, "
-                            f"others are {out.shape[2]}x{out.shape[1]}; set data.image_size")
-        out[i - len(bad)] = arr
+            out = torch.empty((len(names), *image.shape), dtype=torch.uint8)
+        if image.shape != out.shape[1:]:
+            raise DataError(f"{names[i]}: image is {image.shape[2]}x{image.shape[1]}, "
+                            f"others are {out.shape[3]}x{out.shape[2]}; set data.image_size")
+        out[i - len(bad)] = image
     if out is None:
         return torch.empty((0, channels, size or 1, size or 1), dtype=torch.uint8), bad
-    return torch.from_numpy(out[: len(files) - len(bad)]).permute(0, 3, 1, 2).contiguous(), bad
+    return out[: len(names) - len(bad)].contiguous(), bad
 
 
 def unreadable_headers(files: Sequence[Path]) -> list[tuple[int, str]]:
@@ -114,12 +123,3 @@ def unreadable_headers(files: Sequence[Path]) -> list[tuple[int, str]]:
         except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
             bad.append((i, reason(e)))
     return bad
-
-
-def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    w, h = im.size
-    scale = size / min(w, h)
-    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))

@@ -2,9 +2,10 @@
 
 One class serves training (shuffled, augmented, sharded across data-parallel ranks),
 evaluation and the gradient stage (ordered, no augmentation). Decoded datasets are
-sliced directly from memory; file-backed ones go through a torch DataLoader whose
-workers decode JPEGs; a file they cannot decode stops the run with a one-line
-:class:`DataError` naming it (not a worker traceback).
+sliced directly from memory; file-backed and packed ones go through a torch DataLoader
+whose workers decode JPEGs (a packed set read in order: shard by shard); an image they
+cannot decode stops the run with a one-line :class:`DataError` naming it (not a worker
+traceback).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from coreset.data.imageset import DataError, ImageSet, resize_center_crop
+from coreset.data.decode import decode_image, resize_center_crop
+from coreset.data.imageset import DataError, ImageSet
 from coreset.data.transforms import BatchTransform
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -71,15 +73,37 @@ class Batches:
                 x = self.transform(self.dataset.images[ids], self.train, g)
                 yield x, self.dataset.labels[ids], ids
             return
-        loader = DataLoader(_Decoded(self.dataset, self.transform.size), batch_size=self.batch_size,
-                            sampler=order.tolist(), num_workers=self.loader_workers,
-                            persistent_workers=False, pin_memory=torch.cuda.is_available())
-        for images, labels, ids, ok in loader:
+        for images, labels, ids, ok in self._decoded(order):
             if not bool(ok.all()):
                 raise DataError(f"{self._unreadable(int(ids[~ok][0]))}; file-backed datasets check only image "
                                 f"headers when they load, so data.corrupt=skip cannot leave it out now: repair or "
                                 f"remove the file (removing renumbers sample ids: use a new --root)")
             yield self.transform(images, self.train, g), labels, ids
+
+    def _decoded(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches of ``(images, labels, ids, ok)`` decoded by loader workers. A packed set read
+        in order goes shard by shard (:meth:`PackedSplit.read_group`: one request for most of
+        a shard), re-cut into batches here; otherwise each worker reads one image at a time."""
+        pack = self.dataset.pack
+        pin = torch.cuda.is_available()
+        # A forked S3 client hangs: loader workers of a remote pack start fresh (spawn).
+        context = "spawn" if pack is not None and "://" in pack.uri and self.loader_workers else None
+        if pack is None or self.shuffle:
+            yield from DataLoader(_Decoded(self.dataset, self.transform.size), batch_size=self.batch_size,
+                                  sampler=order.tolist(), num_workers=self.loader_workers,
+                                  multiprocessing_context=context, persistent_workers=False, pin_memory=pin)
+            return
+        groups = _Groups(self.dataset, self.transform.size, pack.groups(order.numpy()))
+        pending: list[tuple[torch.Tensor, ...]] = []
+        for group in DataLoader(groups, batch_size=None, num_workers=self.loader_workers,
+                                multiprocessing_context=context, pin_memory=pin):
+            pending.append(group)
+            while pending and sum(len(g[2]) for g in pending) >= self.batch_size:
+                joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
+                pending = [tuple(t[self.batch_size:] for t in joined)] if len(joined[2]) > self.batch_size else []
+                yield tuple(t[: self.batch_size] for t in joined)
+        if pending:
+            yield tuple(torch.cat(parts) for parts in zip(*pending, strict=True))
 
     def _unreadable(self, index: int) -> str:
         """Why a loader worker could not decode ``index`` (decoded again here for the reason)."""
@@ -87,7 +111,30 @@ class Batches:
             self.dataset.decode(index)
         except DataError as e:
             return str(e)
-        return f"cannot decode {self.dataset.files[index]}"  # type: ignore[index]
+        return f"cannot decode {self.dataset.source(index)}"
+
+
+class _Groups(Dataset):
+    """Groups of sample ids within one shard of a packed set, each read and decoded by one
+    loader worker into ``(images, labels, ids, ok)`` (``ok`` as in :class:`_Decoded`)."""
+
+    def __init__(self, dataset: ImageSet, size: int, groups: list[np.ndarray]) -> None:
+        self.dataset, self.size, self.groups = dataset, size, groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids = self.groups[g]
+        images = torch.zeros(len(ids), self.dataset.channels, self.size, self.size, dtype=torch.uint8)
+        ok = torch.ones(len(ids), dtype=torch.bool)
+        for k, data in enumerate(self.dataset.pack.read_group(ids)):  # type: ignore[union-attr]
+            try:
+                images[k] = resize_center_crop(decode_image(data, self.dataset.channels), self.size)
+            except Exception:  # noqa: BLE001 - decoders raise many types; the main process names the image
+                ok[k] = False
+        index = torch.from_numpy(ids)
+        return images, self.dataset.labels[index], index, ok
 
 
 class _Decoded(Dataset):
@@ -105,10 +152,8 @@ class _Decoded(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         try:
-            im = resize_center_crop(self.dataset.decode(index), self.size)
+            image = resize_center_crop(self.dataset.decode(index), self.size)
         except DataError:
             return torch.zeros(self.dataset.channels, self.size, self.size, dtype=torch.uint8), \
                 self.dataset.labels[index], torch.tensor(index), False
-        arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
-        arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
-        return arr, self.dataset.labels[index], torch.tensor(index), True
+        return image, self.dataset.labels[index], torch.tensor(index), True

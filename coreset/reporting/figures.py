@@ -24,7 +24,7 @@ from coreset import figures, layout
 from coreset.analysis import topk_overlap_curve
 from coreset.config import StudyConfig
 from coreset.data import Datasets, load_datasets
-from coreset.data.imageset import resize_center_crop
+from coreset.data.decode import resize_center_crop
 from coreset.errors import StageError, UserError
 from coreset.methods.base import top_k
 from coreset.storage import StudyRoot
@@ -59,7 +59,7 @@ class Sources:
         if train.in_memory:
             pixels = train.images[index].numpy()
         else:
-            pixels = np.stack([np.asarray(resize_center_crop(train.decode(int(i)), FILE_IMAGE_SIZE)) for i in ids])
+            pixels = np.stack([resize_center_crop(train.decode(int(i)), FILE_IMAGE_SIZE).numpy() for i in ids])
         return pixels, [train.classes[int(c)] for c in train.labels[index]]
 
 

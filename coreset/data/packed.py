@@ -1,0 +1,201 @@
+"""Reading a packed dataset (``coreset/data/pack.py`` wrote it) as ``data.root``.
+
+A pack is opened from its manifest and indexes, and every shard is checked against the
+manifest's byte sizes with one listing, so a missing or truncated shard stops the job at
+start with one line naming it. Packs small enough to decode (``data.max_decoded_gb``) are
+streamed once, each shard front to back in one request, and held decoded like a small
+folder; larger ones stay packed and are read per batch: whole shards in order where a
+batch run reads most of a shard (the gradient stage), range reads at the index's offsets
+for a few images (a small subset, a shuffled epoch). Images decode through the project's
+one decode path, so a pack gives the folder's pixels.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import torch
+
+from coreset.data.imageset import ImageSet, decode_all
+from coreset.data.pack import FORMAT, MANIFEST, PLAN, SPLITS, member_key
+from coreset.errors import DataError, StorageError
+from coreset.storage import StudyRoot
+
+__all__ = ["PackedSplit", "is_pack", "load_pack"]
+
+# A group of ids reading at least this fraction of its shard streams the whole shard.
+STREAM_FRACTION = 0.25
+
+
+def is_pack(root: str) -> bool:
+    """Object-store roots are always packs; a local folder is one when it holds a pack's plan."""
+    if "://" in root:
+        return True
+    folder = os.path.expanduser(root)
+    return os.path.isfile(os.path.join(folder, MANIFEST)) or os.path.isfile(os.path.join(folder, PLAN))
+
+
+@dataclass
+class PackedSplit:
+    """One split of a pack, read by sample id. Holds the pack's URI, not a filesystem: loader
+    workers and Ray workers each open their own (an S3 client does not survive a fork)."""
+
+    uri: str
+    split: str
+    shards: list[dict]
+    shard_of: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    _opened: tuple[int, StudyRoot] | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_opened": None}
+
+    @property
+    def root(self) -> StudyRoot:
+        if self._opened is None or self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), StudyRoot(self.uri))
+        return self._opened[1]
+
+    def shard_url(self, shard: int) -> str:
+        return self.root.url(self.shards[shard]["name"])
+
+    def member(self, index: int) -> str:
+        return f"{self.shard_url(int(self.shard_of[index]))} (sample {index})"
+
+    def read(self, index: int) -> bytes:
+        """One image's bytes: a range read at the index's offset."""
+        return self._ranges(np.array([index]))[0]
+
+    def _ranges(self, ids: np.ndarray) -> list[bytes]:
+        """Range reads of ``ids`` (one shard) through one open file: on S3 one HEAD, then a GET each."""
+        shard = int(self.shard_of[ids[0]])
+        out = []
+        try:
+            with self.root.fs.open_input_file(self.root.path(self.shards[shard]["name"])) as f:
+                for i in ids.tolist():
+                    out.append(f.read_at(int(self.sizes[i]), int(self.offsets[i])))
+                    if len(out[-1]) != int(self.sizes[i]):
+                        raise DataError(f"{self.shard_url(shard)} is truncated: sample {i} lies past its end; "
+                                        f"repack it")
+        except OSError as e:
+            raise DataError(f"cannot read {self.member(int(ids[len(out)]))}: {e}") from None
+        return out
+
+    def groups(self, order: Sequence[int]) -> list[np.ndarray]:
+        """``order`` cut where the shard changes: each group lies in one shard."""
+        order = np.asarray(order, dtype=np.int64)
+        if not len(order):
+            return []
+        cuts = np.flatnonzero(np.diff(self.shard_of[order])) + 1
+        return np.split(order, cuts)
+
+    def read_group(self, ids: np.ndarray) -> list[bytes]:
+        """The bytes of ``ids`` (one shard): the whole shard streamed in one request when they
+        are a large part of it, else a range read each."""
+        shard = int(self.shard_of[ids[0]])
+        if len(ids) < STREAM_FRACTION * self.shards[shard]["count"]:
+            return self._ranges(ids)
+        wanted = {member_key(int(i)): int(i) for i in ids}
+        found = {wanted[key]: data for key, data in self.stream(shard) if key in wanted}
+        return [found[int(i)] for i in ids]
+
+    def stream(self, shard: int) -> Iterator[tuple[str, bytes]]:
+        """``(key, image bytes)`` of every image of a shard, front to back, one request."""
+        url = self.shard_url(shard)
+        try:
+            with self.root.fs.open_input_stream(self.root.path(self.shards[shard]["name"])) as f, \
+                    tarfile.open(fileobj=f, mode="r|") as tar:
+                for m in tar:
+                    if not m.name.endswith(".cls"):
+                        yield m.name.split(".", 1)[0], tar.extractfile(m).read()  # type: ignore[union-attr]
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"cannot read {url}: {e}; repack it (jobs/pack.py writes only missing shards)") from None
+
+
+def _in_order(pack: PackedSplit, count: int) -> Iterator[bytes]:
+    """Every image of the split, each shard streamed front to back, checked to be in sample order."""
+    expected = 0
+    for shard in range(len(pack.shards)):
+        for key, data in pack.stream(shard):
+            if key != member_key(expected):
+                raise DataError(f"{pack.shard_url(shard)} holds {key} where sample {expected} belongs; repack it")
+            expected += 1
+            yield data
+    if expected != count:
+        raise DataError(f"the shards of {pack.uri} hold {expected} {pack.split} images, the index {count}; repack")
+
+
+def load_pack(name: str, uri: str, size: int, max_decoded_gb: float) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of the pack at ``uri`` for dataset ``name`` at ``size`` px."""
+    root = StudyRoot(uri)
+    manifest = _manifest(root)
+    if manifest.get("dataset") != name:
+        raise DataError(f"{root.url()} is a pack of {manifest.get('dataset')}, not {name}; set data.name "
+                        f"or data.root")
+    _check_shards(root, manifest)
+    channels, classes = int(manifest["channels"]), list(manifest["classes"])
+    counts = sum(manifest["splits"][s]["count"] for s in SPLITS)
+    decoded = counts * channels * size * size / 1e9 <= max_decoded_gb
+    return tuple(_split(root, manifest, split, channels, classes, size, decoded) for split in SPLITS)  # type: ignore[return-value]
+
+
+def _manifest(root: StudyRoot) -> dict:
+    if not root.exists(MANIFEST):
+        if root.exists(PLAN):
+            raise DataError(f"the pack at {root.url()} is unfinished (no {MANIFEST}); rerun jobs/pack.py "
+                            f"with the same --out to write the missing shards")
+        raise DataError(f"{root.url()} holds no pack ({MANIFEST} not found); write one with jobs/pack.py "
+                        f"or set data.root to a dataset folder")
+    try:
+        manifest = json.loads(root.read_bytes(MANIFEST))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{root.url(MANIFEST)} is not a pack manifest: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{root.url(MANIFEST)} is format {manifest.get('format')!r}; this version reads {FORMAT}")
+    return manifest
+
+
+def _check_shards(root: StudyRoot, manifest: dict) -> None:
+    """Every shard present at its recorded size (one listing of the pack's folder)."""
+    try:
+        listing = root.fs.get_file_info(pafs.FileSelector(root.path(""), recursive=False))
+    except OSError as e:
+        raise StorageError(f"cannot list {root.url()}: {e}") from None
+    found = {i.base_name: i.size for i in listing}
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            have = found.get(shard["name"])
+            if have is None:
+                raise DataError(f"pack shard {root.url(shard['name'])} is missing; rerun jobs/pack.py with the "
+                                f"same --out to write it again")
+            if have != shard["bytes"]:
+                raise DataError(f"pack shard {root.url(shard['name'])} is truncated or altered ({have} bytes, "
+                                f"the manifest says {shard['bytes']}); delete it and rerun jobs/pack.py")
+
+
+def _split(root: StudyRoot, manifest: dict, split: str, channels: int, classes: list[str], size: int,
+           decoded: bool) -> ImageSet:
+    info = manifest["splits"][split]
+    index = pd.read_parquet(io.BytesIO(root.read_bytes(info["index"])))
+    if len(index) != info["count"] or not np.array_equal(index.sample_id.to_numpy(), np.arange(info["count"])):
+        raise DataError(f"{root.url(info['index'])} does not list samples 0..{info['count'] - 1}; repack")
+    pack = PackedSplit(root.uri, split, list(info["shards"]), index.shard.to_numpy(np.int64),
+                       index.offset.to_numpy(np.int64), index["size"].to_numpy(np.int64))
+    labels = torch.tensor(index.label.to_numpy(np.int64))
+    paths = [str(p) for p in index.path] if index.path.notna().all() else None
+    skipped = [(str(p), str(r)) for p, r in info["skipped"]]
+    if not decoded:
+        return ImageSet(labels, classes, channels, paths=paths, skipped=skipped, pack=pack)
+    images, bad = decode_all(_in_order(pack, len(index)), channels, size, [pack.member(i) for i in range(len(index))])
+    if bad:
+        i, why = bad[0]
+        raise DataError(f"cannot decode {pack.member(i)}: {why}; repack it")
+    return ImageSet(labels, classes, channels, images=images, paths=paths, skipped=skipped)

@@ -1,0 +1,225 @@
+"""Packed datasets (issue 16): WebDataset shards of real Tiny-ImageNet JPEGs, read back as
+``data.root`` with the folder's split, sample ids, pixels and gradient table; the pack job
+on Ray into the local S3 server; missing, truncated and foreign packs refused in one line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+from folders import images, tiny_folder, truncate
+
+from coreset.config import DataConfig, GradientsConfig, StudyConfig
+from coreset.data import DataError, Datasets, load_datasets
+from coreset.data.decode import decode_image
+from coreset.data.formats import load_splits
+from coreset.data.pack import PackSettings, finish_pack, pack_source, plan_pack, start_pack, write_shard
+from coreset.models import build_model
+from coreset.stages.gradients import ShardTask, compute_shard
+from coreset.stages.train import check_study_data, load_split
+from coreset.storage import StudyRoot
+
+SHARD_MB = 0.03  # ~15 Tiny-ImageNet JPEGs a shard: several shards per split
+SMALL_SHARDS = PackSettings(shard_mb=SHARD_MB)
+
+
+def _cfg(folder: Path, cache: Path, **kw: object) -> DataConfig:
+    return DataConfig(name="imagefolder", root=str(folder), image_size=64, cache_dir=str(cache), **kw)
+
+
+def pack_here(cfg: DataConfig, out: Path, settings: PackSettings = SMALL_SHARDS) -> list[str]:
+    """The pack job's steps in this process (jobs/pack.py runs write_shard as Ray tasks);
+    returns the shards it wrote."""
+    train, test = (pack_source(ds) for ds in load_splits(cfg))
+    plan = plan_pack(cfg.name, train, test, settings)
+    root = StudyRoot(str(out))
+    todo = start_pack(root, plan)
+    for work in todo:
+        write_shard(root, {"train": train, "test": test}[work.split], work, settings)
+    finish_pack(root, plan)
+    return [w.name for w in todo]
+
+
+@pytest.fixture(scope="module")
+def tiny(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(folder, its pack, the cache): 3 classes x 20 train + 5 val real JPEGs."""
+    base = tmp_path_factory.mktemp("tiny")
+    folder = tiny_folder(shared_data, base / "folder", classes=3, train=20, val=5)
+    pack_here(_cfg(folder, base / "cache"), base / "pack")
+    return folder, base / "pack", base / "cache"
+
+
+def test_pack_is_webdataset_tar_in_sample_order_with_index_and_manifest(tiny: tuple[Path, Path, Path]) -> None:
+    folder, pack, _ = tiny
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert manifest["encoding"] == {"kind": "original"} and manifest["splits"]["train"]["count"] == 60
+    assert len(manifest["splits"]["train"]["shards"]) >= 3
+    files = images(folder)
+    index = pd.read_parquet(pack / "train-index.parquet")
+    assert list(index.columns) == ["sample_id", "label", "path", "shard", "offset", "size"]
+    assert index.path.tolist() == [str(f.relative_to(folder / "train")) for f in files]
+    for shard in manifest["splits"]["train"]["shards"]:  # contiguous id ranges, two members per image
+        with tarfile.open(pack / shard["name"]) as tar:
+            ids = range(shard["first"], shard["first"] + shard["count"])
+            assert tar.getnames() == [f"{i:08d}.{ext}" for i in ids for ext in ("jpg", "cls")]
+            assert [int(tar.extractfile(f"{i:08d}.cls").read()) for i in ids] == index.label[list(ids)].tolist()
+    raw = {n: (pack / n).read_bytes() for n in {s["name"] for s in manifest["splits"]["train"]["shards"]}}
+    for row in index.itertuples():  # the index's offsets hold the original bytes
+        name = manifest["splits"]["train"]["shards"][row.shard]["name"]
+        assert raw[name][row.offset: row.offset + row.size] == files[row.sample_id].read_bytes()
+
+
+def test_rerun_writes_only_missing_shards_and_refuses_other_settings(tiny: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    folder, pack, cache = tiny
+    copy = tmp_path / "pack"
+    subprocess.run(["cp", "-r", str(pack), str(copy)], check=True)
+    before = {p.name: p.read_bytes() for p in copy.glob("*.tar")}
+    assert pack_here(_cfg(folder, cache), copy) == []
+    (copy / "train-000001.tar").unlink()  # a lost shard
+    (copy / "_index" / "test-000000.parquet").unlink()  # a shard whose index part never got written
+    assert pack_here(_cfg(folder, cache), copy) == ["train-000001.tar", "test-000000.tar"]
+    assert {p.name: p.read_bytes() for p in copy.glob("*.tar")} == before  # byte-identical shards
+    with pytest.raises(DataError, match="holds another pack .*encoding"):
+        pack_here(_cfg(folder, cache), copy, PackSettings(shard_mb=SHARD_MB, short_side=32))
+
+
+def _equal_sets(a: Datasets, b: Datasets) -> None:
+    for split in ("train", "test"):
+        x, y = getattr(a, split), getattr(b, split)
+        assert x.classes == y.classes and x.paths == y.paths and torch.equal(x.labels, y.labels)
+
+
+def test_pack_gives_the_folders_split_ids_pixels_and_gradients(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, pack, cache = tiny
+    from_folder = load_datasets(_cfg(folder, cache))
+    from_pack = load_datasets(_cfg(pack, cache))
+    _equal_sets(from_folder, from_pack)
+    assert torch.equal(from_folder.train.images, from_pack.train.images)
+    assert torch.equal(from_folder.test.images, from_pack.test.images)
+    study = StudyConfig(name="t", data=from_folder.config)
+    assert load_split(study, StudyRoot(str(tmp_path / "r1")), from_folder).equals(
+        load_split(study, StudyRoot(str(tmp_path / "r2")), from_pack))
+    torch.manual_seed(0)
+    model = build_model("cnn5", from_folder.spec).eval()
+    task = ShardTask(epoch=1, shard=0, ids=np.arange(0, 60, 2), final=True)
+    grads = GradientsConfig(norms=("l1", "l2"), groups=("last", "all"), batch_size=8, factor_dtype="float32")
+    table = {name: compute_shard(model, ds, task, grads, torch.device("cpu")).to_pandas()
+             for name, ds in (("folder", from_folder), ("pack", from_pack))}
+    pd.testing.assert_frame_equal(table["folder"], table["pack"])
+
+
+def test_large_pack_streams_shards_like_the_folder_streams_files(tiny: tuple[Path, Path, Path]) -> None:
+    folder, pack, cache = tiny
+    lazy = {"max_decoded_gb": 0.0, "loader_workers": 1}
+    from_folder, from_pack = load_datasets(_cfg(folder, cache, **lazy)), load_datasets(_cfg(pack, cache, **lazy))
+    assert from_pack.train.pack is not None and not from_pack.train.in_memory
+    _equal_sets(from_folder, from_pack)
+    for ids, kw in ((None, {}), (np.arange(0, 60, 7), {}),  # whole shards streamed; a few range reads
+                    (None, {"train": True, "shuffle": True, "seed": 3})):  # a shuffled epoch: range reads
+        a, b = (list(ds.batches("train", ids, 8, **kw)) for ds in (from_folder, from_pack))
+        assert len(a) == len(b)
+        for (xa, ya, ia), (xb, yb, ib) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+def test_missing_or_truncated_shard_stops_naming_it(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, pack, cache = tiny
+    copy = tmp_path / "pack"
+    subprocess.run(["cp", "-r", str(pack), str(copy)], check=True)
+    shard = copy / "train-000002.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=f"pack shard {shard} is truncated or altered"):
+        load_datasets(_cfg(copy, cache))
+    shard.unlink()
+    with pytest.raises(DataError, match=f"pack shard {shard} is missing; rerun jobs/pack.py"):
+        load_datasets(_cfg(copy, cache))
+    (copy / "manifest.json").unlink()
+    with pytest.raises(DataError, match="is unfinished"):
+        load_datasets(_cfg(copy, cache))
+
+
+def test_a_pack_of_other_data_is_refused_by_the_study_root(shared_data: Path, tiny: tuple[Path, Path, Path],
+                                                           tmp_path: Path) -> None:
+    folder, _, cache = tiny
+    study = StudyConfig(name="t", data=_cfg(folder, cache))
+    root = StudyRoot(str(tmp_path / "root"))
+    load_split(study, root, load_datasets(study.data))  # the study recorded the folder's split
+    other = tiny_folder(shared_data, tmp_path / "other", classes=3, train=19, val=5)
+    pack_here(_cfg(other, cache), tmp_path / "other-pack")
+    with pytest.raises(DataError, match="does not match the imagefolder train set"):
+        check_study_data(study, root, load_datasets(_cfg(tmp_path / "other-pack", cache)))
+    with pytest.raises(DataError, match="is a pack of imagefolder, not cifar10"):
+        load_datasets(dataclasses.replace(_cfg(tmp_path / "other-pack", cache), name="cifar10"))
+
+
+def test_unreadable_images_follow_data_corrupt(shared_data: Path, tmp_path: Path) -> None:
+    folder = tiny_folder(shared_data, tmp_path / "folder", classes=2, train=6, val=2)
+    bad = images(folder)[3]
+    truncate(bad)
+    with pytest.raises(DataError, match=f"cannot decode {bad}: Image is incomplete or truncated"):
+        pack_here(_cfg(folder, tmp_path / "cache"), tmp_path / "pack")
+    pack_here(_cfg(folder, tmp_path / "cache", corrupt="skip"), tmp_path / "pack-skip")
+    skip = _cfg(folder, tmp_path / "cache", corrupt="skip")
+    from_folder = load_datasets(skip)
+    from_pack = load_datasets(dataclasses.replace(skip, root=str(tmp_path / "pack-skip")))
+    assert len(from_pack.train) == 11 and from_pack.train.skipped == from_folder.train.skipped
+    assert from_pack.train.paths == from_folder.train.paths
+    assert torch.equal(from_folder.train.images, from_pack.train.images)
+
+
+def test_pack_job_on_ray_into_s3_and_read_back(tiny: tuple[Path, Path, Path], s3_bucket: str, tmp_path: Path) -> None:
+    folder, _, cache = tiny
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: t\ndata: {{name: imagefolder, root: {folder}, image_size: 64, cache_dir: {cache}}}\n")
+    out = f"s3://{s3_bucket}/tiny-pack"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "jobs/pack.py", "--config", str(config), "--out", out,
+                          "--shard-mb", str(SHARD_MB)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "pack: finished" in run.stderr and "Traceback" not in run.stderr
+    from_folder = load_datasets(_cfg(folder, cache))
+    from_s3 = load_datasets(_cfg(out, cache))  # type: ignore[arg-type]
+    _equal_sets(from_folder, from_s3)
+    assert torch.equal(from_folder.train.images, from_s3.train.images)
+    lazy = load_datasets(dataclasses.replace(_cfg(folder, cache), root=out, max_decoded_gb=0.0, loader_workers=0))
+    x, _, ids = next(iter(lazy.batches("train", np.arange(5, 60, 9), 8)))  # range reads from S3
+    assert torch.equal(x, from_folder.transform()(from_folder.train.images[ids], False, torch.Generator()))
+    again = subprocess.run([sys.executable, "jobs/pack.py", "--config", str(config), "--out", out,
+                            "--shard-mb", str(SHARD_MB)], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "pack: 0 of" in again.stderr, again.stderr[-2000:]
+
+
+def test_pack_options_are_checked_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    from coreset.cli import parser
+    from coreset.cluster.pack import _pack_args
+
+    p = parser("pack")
+    _pack_args(p)
+    for bad, why in ((["--quality", "0"], "--quality: must lie in 1..100"), (["--shard-mb", "0"], "must be > 0"),
+                     (["--short-side", "-1"], "must be >= 0")):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(["--config", "c.yaml", "--out", "o", *bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_reencoded_pack_records_its_encoding_and_smaller_images(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, _, cache = tiny
+    pack_here(_cfg(folder, cache), tmp_path / "pack", PackSettings(shard_mb=SHARD_MB, short_side=32, quality=80))
+    manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
+    assert manifest["encoding"] == {"kind": "jpeg", "short_side": 32, "quality": 80}
+    with tarfile.open(tmp_path / "pack" / "train-000000.tar") as tar:
+        assert decode_image(tar.extractfile("00000000.jpg").read(), 3).shape == (3, 32, 32)  # type: ignore[union-attr]
+    small = load_datasets(dataclasses.replace(_cfg(tmp_path / "pack", cache), image_size=32))
+    assert small.train.images.shape == (60, 3, 32, 32)
