@@ -149,7 +149,7 @@ def run_probe(argv: Sequence[str], interval_s: float = 0.05) -> Probe:
 
     def sample() -> None:
         while not done.is_set():
-            sampled[0] = max(sampled[0], _tree_rss_kib(proc.pid))
+            sampled[0] = max(sampled[0], sum(tree_rss_kib(proc.pid).values()))
             done.wait(interval_s)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -165,8 +165,8 @@ def run_probe(argv: Sequence[str], interval_s: float = 0.05) -> Probe:
     return Probe(payload, max(own, sampled[0] / 1024), wall)
 
 
-def _tree_rss_kib(root: int) -> int:
-    """Summed RSS of ``root`` and its live descendants (0 once ``root`` is gone)."""
+def tree_rss_kib(root: int) -> dict[int, int]:
+    """RSS (KiB) of ``root`` and each of its live descendants, by pid (empty once ``root`` is gone)."""
     parent: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.scandir("/proc"):
@@ -182,7 +182,7 @@ def _tree_rss_kib(root: int) -> int:
     while frontier:
         tree |= frontier
         frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - tree
-    return sum(rss[pid] for pid in tree)
+    return {pid: rss[pid] for pid in tree}
 
 
 def cuda_peak_mib(fn: Callable[[], object]) -> float:

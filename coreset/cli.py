@@ -20,6 +20,7 @@ import yaml
 from coreset import layout
 from coreset.config import StudyConfig, config_from_dict, load_config
 from coreset.errors import ConfigError, UserError
+from coreset.progress import ConsoleHandler, end_live_lines
 from coreset.storage import StudyRoot
 
 # Sections whose change makes an existing study root a different study.
@@ -67,8 +68,10 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
 
 
 def configure_logging() -> None:
-    """The log format of every job and of the Ray workers it starts."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    """The log format of every job and of the Ray workers it starts; progress lines live in
+    place on a terminal (:class:`coreset.progress.ConsoleHandler`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=[ConsoleHandler()])
 
 
 def absolute_paths(cfg: StudyConfig) -> StudyConfig:
@@ -106,5 +109,6 @@ def _get(cfg: StudyConfig, dotted: str) -> object:
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: <message>`` as exactly one line on stderr and exit with ``code``."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+    end_live_lines()
     print(f"error: {line}", file=sys.stderr)
     sys.exit(code)

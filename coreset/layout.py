@@ -64,6 +64,8 @@ def analysis(kind: str) -> str:
 
 RETRAIN = "retrain"
 ACCURACY = "accuracy.parquet"
+# The id of each trial grid's Tune run (whose state lives beside the driver, not here).
+TUNE_RUNS = f"{RETRAIN}/_tune_runs.json"
 
 
 def trial_row(settings: str, key: str) -> str:

@@ -3,8 +3,8 @@
 Each trial writes its accuracy row to the study root when it finishes, so the root, not
 Tune's state, says what is done: a re-run starts only trials without a row, and an
 interrupted Tune run is continued with ``Tuner.restore`` (finished trials are not run
-again). Tune's own experiment state holds pickles, and nothing is ever unpickled from a
-study root, so it lives beside the driver (:func:`tune_experiment_dir`), not in the root:
+again). Tune's experiment state holds pickles, and nothing is ever unpickled from a study
+root, so it lives beside the driver (:func:`tune_experiment_dir`), not in the root:
 losing it (a new head node) costs only the restore, never a finished trial. Trials ask for
 ``cpus_per_trial`` CPUs and, on GPU clusters, a fraction of a GPU so that small-subset
 trials share one. Failed trials are retried (``FailureConfig``).
@@ -12,9 +12,11 @@ trials share one. Failed trials are retried (``FailureConfig``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from coreset.data import load_datasets
 from coreset.data.formats import cache_dir
 from coreset.devices import pick_device
 from coreset.errors import StageError, UserError
-from coreset.progress import duration
+from coreset.progress import PROGRESS, duration
 from coreset.stages.retrain import RetrainPlan, Trial, grid_name, plan, retrain, settings_key, subset_ids
 from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
@@ -112,7 +114,7 @@ class TrialProgress(tune.Callback):
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            log.info("%s", self.line(trials, now))
+            log.info("%s", self.line(trials, now), extra=PROGRESS)
 
     def line(self, trials: list, now: float) -> str:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
@@ -124,11 +126,37 @@ class TrialProgress(tune.Callback):
         return f"retrain: {self.before + done}/{self.total} trials finished, {running} running, {eta}"
 
 
-def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:
-    """Where Tune keeps this study's experiment state: the driver's cache, one folder per
-    study root and trial settings."""
+def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path | None:
+    """Where Tune keeps the state of this grid's run at this root, in the driver's cache; None
+    before the root has started one.
+
+    The folder is named by the study root's address, the trial settings and the run's id,
+    which the root records (:data:`coreset.layout.TUNE_RUNS`): a root deleted and re-created
+    at the same address has no id, so it never restores the old root's run (whose trials,
+    all finished there, have no rows here)."""
+    run = _tune_runs(root).get(_grid_key(cfg, grid))
+    return None if run is None else _experiment_dir(cfg, root, grid, run)
+
+
+def _grid_key(cfg: StudyConfig, grid: list[Trial]) -> str:
+    return f"{grid_name(grid)}-{settings_key(cfg)}"
+
+
+def _tune_runs(root: StudyRoot) -> dict[str, str]:
+    return json.loads(root.read_bytes(layout.TUNE_RUNS)) if root.exists(layout.TUNE_RUNS) else {}
+
+
+def _experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial], run: str) -> Path:
     study = hashlib.sha256(root.uri.encode()).hexdigest()[:12]
-    return cache_dir(cfg.data) / "tune" / study / f"{grid_name(grid)}-{settings_key(cfg)}"
+    return cache_dir(cfg.data) / "tune" / study / f"{_grid_key(cfg, grid)}-{run}"
+
+
+def _new_tune_run(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:
+    """Record a new run id for this grid in the root; the folder its state will live in."""
+    runs, run = _tune_runs(root), uuid.uuid4().hex[:8]
+    runs[_grid_key(cfg, grid)] = run
+    root.write_bytes(layout.TUNE_RUNS, json.dumps(runs, indent=2).encode())
+    return _experiment_dir(cfg, root, grid, run)
 
 
 def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial],
@@ -142,10 +170,11 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
     if not verbose():
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy reporter prints nothing at verbose=0
     progress = TrialProgress(len(grid), len(grid) - len(pending))
-    if tune.Tuner.can_restore(str(path)):
+    if path is not None and tune.Tuner.can_restore(str(path)):
         log.info("retrain: restoring the interrupted Tune run %s", path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
+        path = _new_tune_run(cfg, root, grid)
         common = {"study": cfg.to_dict(), "root": root.uri, "threads": r.cpus_per_trial}
         space = {**common, "trial": tune.grid_search([asdict(t) for t in pending])}
         tuner = tune.Tuner(

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from studies import synthetic_study
 
+from coreset import layout
 from coreset.data import load_datasets, split_ids
 from coreset.errors import StageError
 from coreset.stages.retrain import Trial, plan, retrain, subset_ids
@@ -46,3 +47,23 @@ def test_a_trial_without_its_subset_is_a_clear_error() -> None:
     assert np.array_equal(subset_ids(Trial("random", 0.5, 0, "mnist_cnn"), subsets, np.arange(10)), [1, 4, 9])
     with pytest.raises(StageError, match="no subset for random at fraction 0.1 seed 0; run jobs/score.py"):
         subset_ids(Trial("random", 0.1, 0, "mnist_cnn"), subsets, np.arange(10))
+
+
+def test_a_root_recreated_at_the_same_path_does_not_find_the_old_roots_tune_run(tmp_path: Path) -> None:
+    """The old root's Tune state (all trials finished) must not be restored into a new root,
+    whose trials have no rows: the run's id lives in the root, and goes with it."""
+    from coreset.cluster.retrain import _new_tune_run, tune_experiment_dir
+
+    cfg = _cfg(f"data.cache_dir={tmp_path / 'cache'}")
+    root = StudyRoot(str(tmp_path / "study"))
+    grid = plan(cfg, root).grid
+    assert tune_experiment_dir(cfg, root, grid) is None
+    state = _new_tune_run(cfg, root, grid)
+    state.mkdir(parents=True)  # what Tune leaves behind after a finished run
+    assert tune_experiment_dir(cfg, root, grid) == state
+    assert tune_experiment_dir(cfg, StudyRoot(str(tmp_path / "study")), grid) == state  # the same root, reopened
+
+    (tmp_path / "study" / layout.TUNE_RUNS).unlink()
+    (tmp_path / "study" / layout.RETRAIN).rmdir()  # the root deleted and made again at the same path
+    assert tune_experiment_dir(cfg, StudyRoot(str(tmp_path / "study")), grid) is None
+    assert _new_tune_run(cfg, root, grid) != state
