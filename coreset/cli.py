@@ -99,7 +99,8 @@ def absolute_paths(cfg: StudyConfig) -> StudyConfig:
     """Resolve local data paths against the submitting directory: Ray workers run elsewhere.
     In a job started with ``ray job submit`` a relative path is refused: the job's directory is
     Ray's copy of ``--working-dir``, and the submitter's directory is not known there."""
-    data = dataclasses.replace(cfg.data, root=_resolve("data.root", cfg.data.root),
+    reads_files = cfg.data.name != "synthetic"  # the synthetic set is generated: its data.root is never read
+    data = dataclasses.replace(cfg.data, root=_resolve("data.root", cfg.data.root) if reads_files else cfg.data.root,
                                cache_dir=_resolve("data.cache_dir", cfg.data.cache_dir))
     return dataclasses.replace(cfg, data=data)
 

@@ -107,3 +107,13 @@ def test_two_drivers_claiming_an_s3_root_together_agree(s3_bucket: str) -> None:
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["held", "refused"]
+
+
+def test_holder_whose_claim_was_taken_over_stops(s3_bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A driver that stalled past the timeout and lost its claim to another stops its job."""
+    root = StudyRoot(f"s3://{s3_bucket}/studies/lost")
+    with pytest.raises(LeaseError, match="was taken over by another driver"), hold_lease(root, 2.0) as me:
+        root.delete(f"{layout.LEASE_CLAIMS}/{me.claim}.json")  # as a driver taking over a stale claim does
+        time.sleep(10)  # the heartbeat (every 0.25 s) interrupts this
+        pytest.fail("the job went on without its lease")
+    assert any("stopping" in r.getMessage() for r in caplog.records)
