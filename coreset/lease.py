@@ -21,13 +21,13 @@ the root itself, on the same pyarrow filesystem as the study.
 """
 from __future__ import annotations
 
-import _thread
 import contextlib
 import fcntl
 import getpass
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -104,7 +104,8 @@ class _LocalLease:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise StorageError(f"cannot write {root.url(layout.LEASE_LOCK)}: {e}") from None
+                why = f"[errno {e.errno}] {e.strerror}"  # pyarrow's wording, as every other write error
+                raise StorageError(f"cannot write {root.url(layout.LEASE_LOCK)}: {why}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -202,7 +203,8 @@ class _ObjectLease:
                     log.error("lease: this driver's lease on %s was taken over by another driver; stopping",
                               self.root.url())
                     self.lost.set()
-                    _thread.interrupt_main()
+                    # A real SIGINT to the main thread: it also ends a blocking wait (sleep, ray.get).
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     return
                 self.root.write_bytes(self.beat, b"")
             except (StorageError, OSError) as e:  # a store hiccup: the next beat may get through
