@@ -60,8 +60,9 @@ def test_readme_single_machine_submit(tmp_path: Path, shared_data: Path) -> None
     real_before = real_token.read_bytes() if real_token.exists() else None
 
     # As after the quickstart: a local Ray wrote the token under HOME.
-    subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False); ray.shutdown()"],
-                   env=env, check=True, capture_output=True, timeout=180)
+    # address="local": a plain ray.init() would join a cluster that `ray start` left running here.
+    init = "import ray; ray.init(address='local', num_cpus=1, include_dashboard=False); ray.shutdown()"
+    subprocess.run([sys.executable, "-c", init], env=env, check=True, capture_output=True, timeout=180)
     assert (home / ".ray" / "auth_token").is_file()
 
     temp_dir = Path(f"/tmp/rr{os.getpid()}")  # short: Ray's socket paths live under it
