@@ -20,6 +20,7 @@ import yaml
 from coreset import layout
 from coreset.config import StudyConfig, config_from_dict, load_config
 from coreset.errors import ConfigError, UserError
+from coreset.lease import DEFAULT_TIMEOUT_S
 from coreset.progress import ConsoleHandler, end_live_lines
 from coreset.storage import StudyRoot
 
@@ -34,6 +35,7 @@ class JobArgs:
     root: StudyRoot
     address: str | None
     verbose: bool = False
+    lease_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -45,6 +47,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--verbose", action="store_true",
                    help="also show what Ray's workers, Train and Tune print (kept in Ray's session logs otherwise)")
+    p.add_argument("--lease-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="s3:// and gs:// roots: a driver lease whose heartbeat is older than this is taken over "
+                        f"(a killed driver's; default {DEFAULT_TIMEOUT_S:.0f})")
     return p
 
 
@@ -60,11 +65,13 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
     configure_logging()
     try:
         cfg = absolute_paths(load_config(ns.config, ns.overrides))
-        root = StudyRoot(ns.root or f"results/{cfg.name}")
+        root = StudyRoot(_resolve("--root" if ns.root else "the default --root", ns.root or f"results/{cfg.name}"))
         check_study(cfg, root)
     except UserError as e:
         fail(str(e))
-    return JobArgs(cfg, root, ns.address, ns.verbose), ns
+    if ns.lease_timeout <= 0:
+        fail(f"--lease-timeout must be > 0, not {ns.lease_timeout}")
+    return JobArgs(cfg, root, ns.address, ns.verbose, ns.lease_timeout), ns
 
 
 def configure_logging() -> None:
@@ -74,12 +81,30 @@ def configure_logging() -> None:
                         handlers=[ConsoleHandler()])
 
 
-def absolute_paths(cfg: StudyConfig) -> StudyConfig:
-    """Resolve local data paths against the submitting directory: Ray workers run elsewhere."""
-    def resolve(p: str) -> str:
-        return p if (not p or "://" in p) else str(Path(os.path.expanduser(p)).resolve())
+# Set by Ray's job supervisor in the driver of a job started with ``ray job submit``.
+_RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
-    data = dataclasses.replace(cfg.data, root=resolve(cfg.data.root), cache_dir=resolve(cfg.data.cache_dir))
+
+def _resolve(what: str, p: str) -> str:
+    """A local path made absolute (Ray workers run elsewhere); relative ones are refused in a
+    submitted job, whose working directory is Ray's temporary copy of the submitter's."""
+    if not p or "://" in p:
+        return p
+    p = os.path.expanduser(p)
+    if not os.path.isabs(p) and _RAY_JOB_ENV in os.environ:
+        raise ConfigError(f"{what} {p!r} is a relative path, and a job started with `ray job submit` runs in Ray's "
+                          f"copy of --working-dir ({os.getcwd()}), not where it was submitted: pass an absolute path "
+                          "or an s3://, gs:// URI (in the submitting shell: $PWD/...)")
+    return str(Path(p).resolve())
+
+
+def absolute_paths(cfg: StudyConfig) -> StudyConfig:
+    """Resolve local data paths against the submitting directory: Ray workers run elsewhere.
+    In a job started with ``ray job submit`` a relative path is refused: the job's directory is
+    Ray's copy of ``--working-dir``, and the submitter's directory is not known there."""
+    reads_files = cfg.data.name != "synthetic"  # the synthetic set is generated: its data.root is never read
+    data = dataclasses.replace(cfg.data, root=_resolve("data.root", cfg.data.root) if reads_files else cfg.data.root,
+                               cache_dir=_resolve("data.cache_dir", cfg.data.cache_dir))
     return dataclasses.replace(cfg, data=data)
 
 

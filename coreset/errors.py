@@ -35,3 +35,7 @@ class SchemaError(UserError):
 class StageError(UserError):
     """A stage cannot run on what the study root holds (an earlier stage missing, settings
     that contradict its recorded work) or could not finish (trials failed after retries)."""
+
+
+class LeaseError(UserError):
+    """Another driver holds the study root's lease (one driver writes a root at a time)."""

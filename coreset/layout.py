@@ -3,6 +3,10 @@ from __future__ import annotations
 
 CONFIG = "config.yaml"
 SPLIT = "split.parquet"
+# The driver's lease (coreset/lease.py), dot-prefixed: listings and dataset readers skip it.
+LEASE_LOCK = ".lease.lock"  # local roots: the flock'd file
+LEASE_OWNER = ".lease.json"  # local roots: who holds the lock
+LEASE_CLAIMS = ".lease"  # object stores: <claim>.json (written once) and <claim>.beat (the heartbeat)
 SOURCE = "source"
 TRAIN_LOG = f"{SOURCE}/train_log.parquet"
 TRAJECTORY = f"{SOURCE}/trajectory.parquet"

@@ -14,7 +14,7 @@ import argparse
 import logging
 
 from coreset.cli import parse_job_args
-from coreset.cluster.job import one_line_errors
+from coreset.cluster.job import driver_lease, one_line_errors
 from coreset.cluster.stages import STAGES
 from coreset.stages.report import write_report
 from coreset.storage import StudyRoot
@@ -28,7 +28,7 @@ def _compare(p: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     job, ns = parse_job_args(__doc__.splitlines()[0], extend=_compare)
-    with one_line_errors():
+    with one_line_errors(), driver_lease(job):  # --compare's root is only read: no lease there
         compare = StudyRoot(ns.compare) if ns.compare else None
         log.info("report: %s", STAGES["report"].summary(write_report(job.config, job.root, compare), job.root))
 

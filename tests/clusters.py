@@ -35,7 +35,8 @@ class LocalHead:
     workers: list[subprocess.Popen] = field(default_factory=list)
 
 
-def _ports() -> list[str]:
+def service_ports() -> list[str]:
+    """Free ports for a node's services whose defaults are fixed (two nodes on one machine collide)."""
     flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
              "--metrics-export-port", "--node-manager-port", "--object-manager-port")
     return [a for flag in flags for a in (flag, str(free_port()))]
@@ -54,8 +55,9 @@ def start_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> 
         proc = subprocess.Popen(
             ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-             "--ray-client-server-port", str(free_port()), *_ports(), "--num-cpus", str(num_cpus), "--num-gpus", "0",
-             "--resources", json.dumps(resources or {}), "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+             "--ray-client-server-port", str(free_port()), *service_ports(), "--num-cpus", str(num_cpus),
+             "--num-gpus", "0", "--resources", json.dumps(resources or {}), "--temp-dir", str(temp_dir),
+             "--disable-usage-stats"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     head = LocalHead(f"http://127.0.0.1:{dashboard}", env, temp_dir, proc, gcs=f"127.0.0.1:{port}")
     try:
@@ -71,7 +73,7 @@ def add_worker(head: LocalHead, num_cpus: int, resources: dict[str, float] | Non
     log = head.temp_dir / f"worker{len(head.workers)}.log"
     with open(log, "wb") as out:
         head.workers.append(subprocess.Popen(
-            ["ray", "start", "--address", head.gcs, "--block", "--node-ip-address", "127.0.0.1", *_ports(),
+            ["ray", "start", "--address", head.gcs, "--block", "--node-ip-address", "127.0.0.1", *service_ports(),
              "--num-cpus", str(num_cpus), "--num-gpus", "0", "--resources", json.dumps(resources or {}),
              "--disable-usage-stats"],
             stdout=out, stderr=subprocess.STDOUT, env=head.env, start_new_session=True))

@@ -274,7 +274,8 @@ def test_unwritable_root(source_root: Path, shared_data: Path, tmp_path: Path) -
         proc = run_job("gradients.py", root, *synthetic_sets(source_root, shared_data))
     line = one_error_line(proc)
     why = "[errno 13] Permission denied" if how.startswith("chmod") else "[errno 30] Read-only file system"
-    assert line.startswith(f"error: cannot write {root / layout.CONFIG}: ") and line.endswith(why), (how, line)
+    # The driver lease is the job's first write (coreset/lease.py).
+    assert line.startswith(f"error: cannot write {root / layout.LEASE_LOCK}: ") and line.endswith(why), (how, line)
     assert_intact(root, before)
 
 
