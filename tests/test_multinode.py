@@ -3,7 +3,7 @@
 to an S3 root on the local S3 server. Ray's task records show that gradient shards, class
 scoring and retraining trials ran on more than one node, and the tables hold every row once.
 
-The job runs the installed package (no ``--working-dir``; test_job_submit covers that on one
+The job runs the installed package (no ``--working-dir``; test_readme_submit covers that on one
 node): the runtime-env agents of several raylets on one host share one ``runtime_resources``
 folder, and one node's clean-up deletes a working dir that the driver on another still runs in.
 That is a limit of simulating nodes on one machine, not of a cluster."""

@@ -101,6 +101,15 @@ def test_readme_single_machine_submit(tmp_path: Path, shared_data: Path) -> None
         assert errors[0].startswith("error: data.root '../shared/data' is a relative path") and \
             "pass an absolute path or an s3://, gs:// URI" in errors[0], errors
 
+        # The cloud recipe's scale step (jobs/scale.py) as a job: with no GPUs asked for, it returns at once.
+        scale = subprocess.run(
+            ["bash", "-c", f"export RAY_AUTH_MODE=token; ray job submit --address http://127.0.0.1:{dashboard} "
+                           "--working-dir . --runtime-env-json '{\"excludes\": [\".git\", \"results\"]}' -- "
+                           "python jobs/scale.py --gpus 0 --wait-s 30"],
+            capture_output=True, text=True, env=env, cwd=work / "coreset", timeout=300)
+        assert scale.returncode == 0 and "scale: 0 GPUs requested, 0 in the cluster" in scale.stdout + scale.stderr, \
+            (scale.stdout + scale.stderr)[-3000:]
+
         # Ctrl-C in terminal 1 stops that cluster: every process it started ends.
         os.killpg(head.pid, signal.SIGINT)
         head.wait(60)
