@@ -55,10 +55,11 @@ def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The eval transform of ImageNet practice: shorter side to ``size``, then the center square."""
+    """The eval transform of ImageNet practice: shorter side to ``size``, then the center square.
+    Possibly a strided view (no copy when nothing is resized): assign it into a batch."""
     if tuple(image.shape[-2:]) != (size, size):
         image = F.center_crop(resize_short_side(image, size), [size, size])
-    return image.contiguous()
+    return image
 
 
 def encode_jpeg(image: torch.Tensor, quality: int) -> bytes:

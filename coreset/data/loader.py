@@ -90,7 +90,7 @@ class Batches:
         context = "spawn" if pack is not None and "://" in pack.uri and self.loader_workers else None
         if pack is None or self.shuffle:
             yield from DataLoader(_Decoded(self.dataset, self.transform.size), batch_size=self.batch_size,
-                                  sampler=order.tolist(), num_workers=self.loader_workers,
+                                  sampler=order.tolist(), collate_fn=_as_batch, num_workers=self.loader_workers,
                                   multiprocessing_context=context, persistent_workers=False, pin_memory=pin)
             return
         groups = _Groups(self.dataset, self.transform.size, pack.groups(order.numpy()))
@@ -138,7 +138,9 @@ class _Groups(Dataset):
 
 
 class _Decoded(Dataset):
-    """File-backed images decoded to uint8 squares of ``size`` in loader workers.
+    """File-backed images decoded to uint8 squares of ``size`` in loader workers, a batch at a
+    time (``__getitems__``): each image is decoded straight into the batch tensor, with no
+    per-image tensors for labels and ids and no collation.
 
     An unreadable file gives a blank image and ``ok=False`` instead of an exception, which
     the DataLoader would re-raise with the worker's traceback folded into its message.
@@ -150,10 +152,18 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        try:
-            image = resize_center_crop(self.dataset.decode(index), self.size)
-        except DataError:
-            return torch.zeros(self.dataset.channels, self.size, self.size, dtype=torch.uint8), \
-                self.dataset.labels[index], torch.tensor(index), False
-        return image, self.dataset.labels[index], torch.tensor(index), True
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = torch.zeros(len(indices), self.dataset.channels, self.size, self.size, dtype=torch.uint8)
+        ok = torch.ones(len(indices), dtype=torch.bool)
+        for k, index in enumerate(indices):
+            try:
+                images[k] = resize_center_crop(self.dataset.decode(index), self.size)
+            except DataError:
+                ok[k] = False
+        ids = torch.as_tensor(indices, dtype=torch.int64)
+        return images, self.dataset.labels[ids], ids, ok
+
+
+def _as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The DataLoader's collate step for :class:`_Decoded`, whose batches arrive whole."""
+    return batch

@@ -59,7 +59,7 @@ class BatchTransform:
             x = center_resize(x, self.size)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)  # x is this call's own tensor: in place, no temporaries
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
