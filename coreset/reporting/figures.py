@@ -51,7 +51,7 @@ class Sources:
             return f"images not shown: {e}"
 
     def images(self, ids: np.ndarray) -> tuple[np.ndarray, list[str]] | str:
-        """uint8 images of train ``ids`` and their class names; file-backed sets decode just these."""
+        """uint8 ``N×C×H×W`` images of train ``ids`` and their class names; file-backed sets decode just these."""
         data = self.datasets
         if isinstance(data, str):
             return data

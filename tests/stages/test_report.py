@@ -303,7 +303,7 @@ def test_file_backed_sets_decode_only_the_images_shown(shared_data: Path, tmp_pa
     src = Sources(cfg, StudyRoot(str(tmp_path / "study")))
     assert not isinstance(src.datasets, str) and not src.datasets.train.in_memory
     pixels, names = src.images(np.array([0, 5]))
-    assert pixels.shape == (2, FILE_IMAGE_SIZE, FILE_IMAGE_SIZE, 3) and pixels.dtype == np.uint8
+    assert pixels.shape == (2, 3, FILE_IMAGE_SIZE, FILE_IMAGE_SIZE) and pixels.dtype == np.uint8  # NCHW
     assert names == [src.datasets.train.classes[0], src.datasets.train.classes[1]]
     missing = Sources(synthetic_study("gone", "data.name=imagefolder", f"data.root={tmp_path / 'nowhere'}"),
                       StudyRoot(str(tmp_path / "study")))
