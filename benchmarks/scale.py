@@ -238,13 +238,13 @@ def main() -> None:
         fail("cannot become a child subreaper (prctl): the bytes-read figures need it (Linux only)")
     ns.work = ns.work.resolve()
     rows = []
-    for r in ns.rungs:
+    for r in ns.rungs:  # the tables are rewritten after every rung: a long ladder keeps what it measured
         rows += measure_rung(r, ns.work)
         if not ns.keep:
             shutil.rmtree(ns.work / r.name)
-    table = pd.DataFrame(rows)
-    harness.write_result(table, "scale", ns.out, title="the ImageNet-shaped study, stage by stage")
-    harness.write_result(ratios(table), "scale_ratios", ns.out, title=f"against the reference rung {REFERENCE}")
+        table = pd.DataFrame(rows)
+        harness.write_result(table, "scale", ns.out, title="the ImageNet-shaped study, stage by stage")
+        harness.write_result(ratios(table), "scale_ratios", ns.out, title=f"against the reference rung {REFERENCE}")
 
 
 if __name__ == "__main__":
