@@ -122,3 +122,23 @@ def test_bad_input_is_one_line(script: str, args: list[str], message: str, tmp_p
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_scale_counts_the_reads_of_descendants_that_outlive_the_job(tmp_path: Path) -> None:
+    """scale.py's bytes-read figure: a job whose child reads 64 MiB after the job itself has
+    exited (re-parented to the benchmark, the subreaper, and reaped there) counts them."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(64 << 20))
+    reader = f"import time; time.sleep(5); open({str(blob)!r}, 'rb').read()"
+    job = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {reader!r}])"
+    probe = ("import ctypes, sys, scale\n"
+             "assert ctypes.CDLL(None).prctl(scale.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0\n"
+             f"run = scale.run_job([sys.executable, '-c', {job!r}], scale.Path({str(tmp_path / 'job.log')!r}))\n"
+             "print(run.rchar, run.wall_s)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH), str(REPO),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rchar, wall = proc.stdout.split()
+    assert 64 << 20 <= int(rchar) <= (64 << 20) + (32 << 20), rchar  # the blob, plus the interpreters' start-up
+    assert float(wall) < 5.0  # the job's own time: it ended before its child read
