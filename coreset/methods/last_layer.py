@@ -33,7 +33,9 @@ def shifted_cosine(gram: np.ndarray) -> np.ndarray:
     everything, itself included, as in :mod:`coreset.similarity.factors` (DeepCore gets NaN)."""
     norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
     inverse = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
-    return 0.5 + 0.5 * np.clip(gram * inverse[:, None] * inverse[None, :], -1.0, 1.0)
+    cos = np.clip(gram * inverse[:, None] * inverse[None, :], -1.0, 1.0)
+    np.fill_diagonal(cos, (norm > 0).astype(np.float64))  # exactly 1, not 1 ± rounding: ties stay ties
+    return 0.5 + 0.5 * cos
 
 
 def distances(gram: np.ndarray) -> np.ndarray:
