@@ -41,14 +41,16 @@ def assignments(similarity: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, 
     """(image, position, medoid) local indices: each change of an image's nearest chosen image
     along ``order`` (strict improvement; an image always becomes its own when picked)."""
     best = np.full(len(similarity), -np.inf)
-    parts = []
+    images, positions, medoids = [], [], []
     for position, j in enumerate(order):
         improved = similarity[j] > best
         improved[j] = True
         changed = np.flatnonzero(improved)
         best[changed] = similarity[j, changed]
-        parts.append((changed, np.full(len(changed), position), np.full(len(changed), j)))
-    return tuple(np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(3))  # type: ignore[return-value]
+        images.append(changed)
+        positions.append(np.full(len(changed), position))
+        medoids.append(np.full(len(changed), j))
+    return np.concatenate(images), np.concatenate(positions), np.concatenate(medoids)
 
 
 def subset_weights(assignment: pd.DataFrame, subset: np.ndarray) -> pd.DataFrame:
