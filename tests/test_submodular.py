@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from test_baselines import build, factor_table, rows_at
+from test_baselines import build, factor_table, mnist_rows, rows_at  # noqa: F401 (a fixture)
 
 from coreset.config import load_config
 from coreset.errors import ConfigError
@@ -64,15 +64,16 @@ def log_det(s: list[list[float]], chosen: list[int]) -> float:
 
 def naive_greedy(f, n: int) -> tuple[list[int], int]:
     """Every step recomputes every gain f(S ∪ {x}) − f(S); ties to the lower index. Also returns
-    the first step whose best two gains lie within 10⁻⁹ (rounding of the differences of sums
-    decides there), n if none."""
+    the first step whose best two gains differ by less than 10⁻⁹ but not by 0 (rounding of the
+    differences of sums decides there; an exact tie, such as log-det's first step, goes to the
+    lower index in both), n if none."""
     order: list[int] = []
     near_tie = n
     while len(order) < n:
         base = f(order)
         gains = {x: f(order + [x]) - base for x in range(n) if x not in order}
         ranked = sorted(gains, key=lambda x: (-gains[x], x))
-        if len(ranked) > 1 and gains[ranked[0]] - gains[ranked[1]] <= 1e-9 and near_tie == n:
+        if len(ranked) > 1 and 0 < gains[ranked[0]] - gains[ranked[1]] <= 1e-9 and near_tie == n:
             near_tie = len(order)
         order.append(ranked[0])
     return order, near_tie
@@ -246,3 +247,26 @@ def test_variants_differ_and_bad_params_are_config_errors() -> None:
         load_config(None, ["score.methods=[graphcut]", "score.params.graphcut.lam=-1"])
     with pytest.raises(ConfigError, match="variant='x' is not allowed"):
         load_config(None, ["score.methods=[log_determinant]", "score.params.log_determinant.variant=x"])
+
+
+def test_on_real_mnist_rows(mnist_rows) -> None:  # noqa: F811 (the fixture imported above)
+    """Real MNIST images (7x7 pooled pixels as h; err from a fixed random linear classifier on
+    them): facility location, graph cut and log-det follow naive greedy, GRAD-MATCH is OMP."""
+    emb, labels = mnist_rows
+    keep = np.concatenate([np.flatnonzero(labels == c)[:18] for c in range(3)])
+    emb, labels = emb[keep], labels[keep]
+    z = emb @ np.random.default_rng(16).standard_normal((emb.shape[1], 3)) * 2
+    err = np.exp(z - z.max(1, keepdims=True))
+    err /= err.sum(1, keepdims=True)
+    err[np.arange(len(err)), labels] -= 1
+    table = pd.DataFrame({"sample_id": np.arange(len(emb)) * 5 + 1, "label": labels, "epoch": 5,
+                          "err": list(err.astype(np.float32)), "emb": list(emb.astype(np.float32))})
+    for name, f in OBJECTIVES.items():
+        for group, got in class_orders(build(name).score(table), table):
+            s = reference_cosine(explicit_gradients(group))
+            objective = lambda chosen, f=f, s=s: f(s, chosen)
+            want, near_tie = naive_greedy(objective, len(group))
+            check_greedy_path(objective, got, want, near_tie)
+    for group, got in class_orders(build("gradmatch").score(table), table):
+        a = np.array(explicit_gradients(group)).T
+        assert got == reference_omp(a, a.mean(axis=1), 1.0, False)
