@@ -34,7 +34,10 @@ from coreset.methods.submodular import FacilityLocation
 def craig_similarity(gram: np.ndarray) -> np.ndarray:
     """max d − d + 10⁻³: DeepCore's shift of the negated distances to positive similarities."""
     d = distances(gram)
-    return d.max() - d + 1e-3
+    top = d.max()
+    d *= -1.0
+    d += top + 1e-3
+    return d
 
 
 def assignments(similarity: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -39,7 +39,9 @@ Variant = Literal["paper", "deepcore"]
 def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper") -> np.ndarray:
     """Every row in OMP order (ties to the lower index) for the target b = mean_i g_i."""
     n = len(gram)
-    basis = ResidualBasis(gram + lam * np.eye(n))
+    ridged = gram.copy()
+    ridged.flat[:: n + 1] += lam  # G + λI
+    basis = ResidualBasis(ridged)
     start = gram.mean(axis=1)  # ⟨g_i, b⟩
     projection = start.copy()  # ⟨g_i, r⟩
     left = np.arange(n)

@@ -33,16 +33,24 @@ def shifted_cosine(gram: np.ndarray) -> np.ndarray:
     everything, itself included, as in :mod:`coreset.similarity.factors` (DeepCore gets NaN)."""
     norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
     inverse = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
-    cos = np.clip(gram * inverse[:, None] * inverse[None, :], -1.0, 1.0)
-    np.fill_diagonal(cos, (norm > 0).astype(np.float64))  # exactly 1, not 1 ± rounding: ties stay ties
-    return 0.5 + 0.5 * cos
+    s = gram * inverse[:, None]  # the one n x n allocation; the rest works in place
+    s *= inverse[None, :]
+    np.clip(s, -1.0, 1.0, out=s)
+    np.fill_diagonal(s, (norm > 0).astype(np.float64))  # exactly 1, not 1 ± rounding: ties stay ties
+    s *= 0.5
+    s += 0.5
+    return s
 
 
 def distances(gram: np.ndarray) -> np.ndarray:
     """‖g_i − g_j‖ = √(G_ii + G_jj − 2G_ij), clamped at 10⁻¹² under the root as DeepCore's
     ``euclidean_dist_pair_np`` does."""
     sq = np.diag(gram)
-    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 1e-12))
+    d = gram * -2.0
+    d += sq[:, None]
+    d += sq[None, :]
+    np.maximum(d, 1e-12, out=d)
+    return np.sqrt(d, out=d)
 
 
 class LastLayerMethod(EmbeddingMethod):

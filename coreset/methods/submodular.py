@@ -50,7 +50,8 @@ class FacilityLocation:
         self.covered = np.zeros(len(similarity))
 
     def gains(self) -> np.ndarray:
-        return np.maximum(self.similarity - self.covered[None, :], 0.0).sum(axis=1)
+        left = self.similarity - self.covered[None, :]  # s symmetric: row i is column i
+        return np.maximum(left, 0.0, out=left).sum(axis=1)
 
     def gain(self, i: int) -> float:
         return float(np.maximum(self.similarity[i] - self.covered, 0.0).sum())  # s symmetric: row i
