@@ -84,9 +84,11 @@ class Craig(LastLayerMethod):
         self._assignments: pd.DataFrame | None = None
 
     def class_scores(self, gram: np.ndarray) -> np.ndarray:
+        """The scores alone (the embedding methods' contract); :meth:`score` also keeps the assignments."""
         return self.class_order_scores(gram)[0]
 
     def class_order_scores(self, gram: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """A class's position scores and its (image, position, medoid) assignment changes."""
         similarity = craig_similarity(gram)
         order = lazy_greedy(FacilityLocation(similarity), len(gram))
         return greedy_position_scores(order), assignments(similarity, order)
