@@ -35,6 +35,8 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
                   "correct": pa.bool_()},
     "scores": {"sample_id": pa.int64(), "label": pa.int64(), "method": pa.string(), "score": pa.float64()},
     "subsets": {"method": pa.string(), "fraction": pa.float64(), "seed": pa.int64(), "sample_id": pa.int64()},
+    # From the prefix of length position + 1 of its class's CRAIG order on, sample_id's nearest chosen image is medoid.
+    "craig_assignments": {"label": pa.int64(), "sample_id": pa.int64(), "position": pa.int64(), "medoid": pa.int64()},
     "gradsim_thresholds": {"epoch": pa.int64(), "label": pa.int64(), "threshold": pa.float64(), "n": pa.int64()},
     "label_entropy": {"method": pa.string(), "k": pa.int64(), "fraction": pa.float64(), "entropy": pa.float64(),
                       "baseline_entropy": pa.float64()},

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from coreset.methods import (  # noqa: F401 (registers methods)
     ccs,
+    craig,
     data_diet,
     forgetting,
     geometry,
     gradient_magnitude,
+    gradmatch,
     gradsimcore,
     moderate,
     random,
+    submodular,
     uncertainty,
 )
 from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, params_fields

@@ -43,8 +43,13 @@ class EmbeddingMethod(SelectionMethod):
         others = {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "epoch"}
         return cls(epoch=model_checkpoint(cls.name, params.epoch, context), **others)
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The factor columns :meth:`matrix` reads."""
+        return (self.column,)
+
     def inputs(self) -> Inputs:
-        return Inputs(columns=(self.column,), epochs=(self.epoch,) if self.epoch is not None else (), by_class=True)
+        return Inputs(columns=self.columns, epochs=(self.epoch,) if self.epoch is not None else (), by_class=True)
 
     def matrix(self, group: pd.DataFrame) -> np.ndarray:
         """One class's rows as a float64 (n_c, d) array."""
@@ -54,9 +59,13 @@ class EmbeddingMethod(SelectionMethod):
     def class_scores(self, emb: np.ndarray) -> np.ndarray:
         """Scores of one class's rows (in sample_id order) from their matrix."""
 
+    def class_rows(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the method's checkpoint in sample_id order (argmin/argmax ties: lower id)."""
+        need_columns(table, self.columns, self.name)
+        return at_epoch(table, self.epoch).sort_values("sample_id", kind="stable")
+
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
-        need_columns(table, (self.column,), self.name)
-        rows = at_epoch(table, self.epoch).sort_values("sample_id", kind="stable")
+        rows = self.class_rows(table)
         parts = []
         for _, group in rows.groupby("label", sort=True):  # one class stacked at a time: memory
             parts.append(score_frame(group, self.class_scores(self.matrix(group))))

@@ -16,6 +16,7 @@ from coreset.cluster.score import run_score
 from coreset.data import load_datasets
 from coreset.errors import StageError
 from coreset.methods.budget import class_budgets, global_budget
+from coreset.methods.craig import subset_weights
 from coreset.stages import gradients, score
 from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
@@ -128,7 +129,8 @@ def test_class_units_keep_each_class_in_one_unit() -> None:
 
 
 BASELINES = ["uncertainty_least_confidence", "uncertainty_entropy", "uncertainty_margin", "el2n", "grand", "moderate",
-             "herding", "kcenter_greedy", "contextual_diversity", "forgetting", "ccs"]
+             "herding", "kcenter_greedy", "contextual_diversity", "forgetting", "facility_location", "graphcut",
+             "log_determinant", "craig", "gradmatch", "ccs"]
 
 
 def _baselines_cfg():
@@ -144,7 +146,9 @@ def test_baselines_score_from_the_stage_table_in_process(fresh: StudyRoot) -> No
     inputs = {w.name: w.method.inputs() for w in work_plan.methods}
     assert inputs["grand"].epochs == (1,) and inputs["el2n"].epochs == (2,) and inputs["moderate"].epochs == (3,)
     assert {n for n, i in inputs.items() if i.by_class} == {"moderate", "herding", "kcenter_greedy",
-                                                             "contextual_diversity", "ccs"}
+                                                             "contextual_diversity", "facility_location", "graphcut",
+                                                             "log_determinant", "craig", "gradmatch", "ccs"}
+    assert inputs["craig"].columns == ("err", "emb") and inputs["craig"].epochs == (3,)
     n_train = work_plan.table["rows_per_epoch"]
     for work in work_plan.todo:
         if inputs[work.name].by_class:
@@ -167,6 +171,9 @@ def test_baselines_score_from_the_stage_table_in_process(fresh: StudyRoot) -> No
     for m in BASELINES[:-1]:
         assert ids(m, 0) == ids(m, 1), m  # deterministic
     assert ids("ccs", 0) != ids("ccs", 1)
+    weights = subset_weights(pd.read_parquet(fresh.url(layout.analysis("craig_assignments"))), ids("craig", 0))
+    assert weights.sample_id.tolist() == sorted(ids("craig", 0))  # every class has a pick at 10%
+    assert weights.weight.min() >= 1 and weights.weight.sum() == n_train  # the clusters partition the train split
 
 
 @pytest.mark.ray
