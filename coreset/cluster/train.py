@@ -6,6 +6,7 @@ the cluster.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -71,12 +72,16 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
     )
     watcher = EpochWatcher(cfg, root, work.epochs_done)
+    # Ray Train installs its own SIGINT handler (abort its controller) and leaves it installed
+    # after fit: a later Ctrl-C, or the lease's stop signal, would then call a dead actor.
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         with watcher:
             trainer.fit()
         if not errors.empty():
             raise StageError(errors.get_nowait())
     finally:
+        signal.signal(signal.SIGINT, sigint)
         errors.shutdown()
     result = read_source_result(root)
     if result is None:
