@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -114,6 +114,16 @@ class SelectionMethod(ABC):
         budgets = class_budgets({c: len(g) for c, g in groups.items()}, k)
         parts = [self.pick(groups[c], k_c, rng) for c, k_c in budgets.items() if k_c > 0]
         return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
+# Where DeepCore's code departs from its paper, the paper's method is the default and
+# ``variant="deepcore"`` reproduces DeepCore's numbers (each method's docstring says how).
+Variant = Literal["paper", "deepcore"]
+
+
+def check_variant(variant: str) -> None:
+    if variant not in ("paper", "deepcore"):
+        raise ValueError(f"variant must be 'paper' or 'deepcore', got {variant!r}")
 
 
 def top_k(scores: pd.DataFrame, k: int) -> np.ndarray:

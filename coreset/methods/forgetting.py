@@ -17,14 +17,20 @@ study's source training, whose every epoch the table holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, need_columns, score_frame
-
-Variant = Literal["paper", "deepcore"]
+from coreset.methods.base import (
+    METHODS,
+    Context,
+    Inputs,
+    SelectionMethod,
+    Variant,
+    check_variant,
+    need_columns,
+    score_frame,
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,7 @@ class Forgetting(SelectionMethod):
     Params = ForgettingParams
 
     def __init__(self, variant: Variant = "paper") -> None:
-        if variant not in ("paper", "deepcore"):
-            raise ValueError(f"variant must be 'paper' or 'deepcore', got {variant!r}")
+        check_variant(variant)
         self.variant = variant
 
     @classmethod

@@ -29,21 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from coreset.methods.base import METHODS
+from coreset.methods.base import METHODS, Variant, check_variant
 from coreset.methods.embedding import EmbeddingMethod, EmbeddingParams, greedy_position_scores
 from coreset.methods.uncertainty import probabilities
 
 PROBABILITY_FLOOR = 2.0**-24
 
-HerdingVariant = Literal["paper", "deepcore"]
 
-
-def herding_order(x: np.ndarray, k: int | None = None, variant: HerdingVariant = "paper") -> np.ndarray:
+def herding_order(x: np.ndarray, k: int | None = None, variant: Variant = "paper") -> np.ndarray:
     """The first k (default all) rows of x in herding order; O(nd) memory, O(knd) time."""
     n = len(x)
     k = n if k is None else min(k, n)
@@ -96,7 +93,7 @@ def nearest_to_mean(x: np.ndarray) -> int:
 class HerdingParams(EmbeddingParams):
     """``variant``: ``deepcore`` takes DeepCore's arg-max instead of the paper's arg-min."""
 
-    variant: HerdingVariant = "paper"
+    variant: Variant = "paper"
 
 
 @METHODS.register("herding")
@@ -106,9 +103,8 @@ class Herding(EmbeddingMethod):
     name = "herding"
     Params = HerdingParams
 
-    def __init__(self, epoch: int | None = None, variant: HerdingVariant = "paper") -> None:
-        if variant not in ("paper", "deepcore"):
-            raise ValueError(f"variant must be 'paper' or 'deepcore', got {variant!r}")
+    def __init__(self, epoch: int | None = None, variant: Variant = "paper") -> None:
+        check_variant(variant)
         super().__init__(epoch)
         self.variant = variant
 

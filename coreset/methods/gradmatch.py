@@ -23,17 +23,14 @@ same, the paper's ridge at every step is the default.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from coreset.config_engine import at_least
-from coreset.methods.base import METHODS
+from coreset.methods.base import METHODS, Variant, check_variant
 from coreset.methods.embedding import EmbeddingParams, greedy_position_scores
 from coreset.methods.greedy import ResidualBasis
 from coreset.methods.last_layer import LastLayerMethod
-
-Variant = Literal["paper", "deepcore"]
 
 
 def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper") -> np.ndarray:
@@ -80,8 +77,9 @@ class GradMatch(LastLayerMethod):
     Params = GradMatchParams
 
     def __init__(self, epoch: int | None = None, lam: float = 1.0, variant: Variant = "paper") -> None:
-        if lam < 0 or variant not in ("paper", "deepcore"):
-            raise ValueError(f"lam must be >= 0 and variant 'paper' or 'deepcore', got {lam}, {variant!r}")
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        check_variant(variant)
         super().__init__(epoch)
         self.lam = lam
         self.variant = variant

@@ -29,17 +29,14 @@ DeepCore's per-class budget is Python's ``round(fraction·n_c)``; here budgets a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from coreset.config_engine import at_least
-from coreset.methods.base import METHODS
+from coreset.methods.base import METHODS, Variant, check_variant
 from coreset.methods.embedding import EmbeddingParams, greedy_position_scores
 from coreset.methods.greedy import ResidualBasis, greedy, lazy_greedy
 from coreset.methods.last_layer import LastLayerMethod, shifted_cosine
-
-LogDetVariant = Literal["paper", "deepcore"]
 
 
 class FacilityLocation:
@@ -110,7 +107,7 @@ class GraphCutParams(EmbeddingParams):
 class LogDeterminantParams(EmbeddingParams):
     """``variant``: ``deepcore`` reproduces DeepCore's code (the first images of each class)."""
 
-    variant: LogDetVariant = "paper"
+    variant: Variant = "paper"
 
 
 @METHODS.register("facility_location")
@@ -147,9 +144,8 @@ class LogDeterminantMethod(LastLayerMethod):
     name = "log_determinant"
     Params = LogDeterminantParams
 
-    def __init__(self, epoch: int | None = None, variant: LogDetVariant = "paper") -> None:
-        if variant not in ("paper", "deepcore"):
-            raise ValueError(f"variant must be 'paper' or 'deepcore', got {variant!r}")
+    def __init__(self, epoch: int | None = None, variant: Variant = "paper") -> None:
+        check_variant(variant)
         super().__init__(epoch)
         self.variant = variant
 

@@ -22,16 +22,23 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from coreset.methods.base import METHODS, Context, Inputs, SelectionMethod, at_epoch, need_columns, score_frame
+from coreset.methods.base import (
+    METHODS,
+    Context,
+    Inputs,
+    SelectionMethod,
+    Variant,
+    at_epoch,
+    check_variant,
+    need_columns,
+    score_frame,
+)
 from coreset.methods.checkpoints import early_checkpoint
 from coreset.similarity import stack_list_column
-
-Variant = Literal["paper", "deepcore"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,7 @@ class _Uncertainty(SelectionMethod):
     Params = UncertaintyParams
 
     def __init__(self, epoch: int | None = None, variant: Variant = "paper") -> None:
-        if variant not in ("paper", "deepcore"):
-            raise ValueError(f"variant must be 'paper' or 'deepcore', got {variant!r}")
+        check_variant(variant)
         self.epoch = epoch
         self.variant = variant
 
