@@ -13,17 +13,18 @@ embedded Ray, one after the other on an otherwise idle machine. Per stage it mea
 * peak memory: the driver's RSS, and the summed RSS of every other process of the tree (Ray's
   workers and daemons; pages of Ray's shared-memory object store count in each process that
   touches them, so this is an upper bound);
-* bytes read: ``rchar`` of the whole tree (every byte through read(2)/pread(2)), minus the
-  same job re-run on the finished root, where it only starts, imports, reads its config and
-  manifests and skips everything: what is left is what the stage's work read, from the study
-  root (synthetic images are generated, not read). This process is a child subreaper
-  (``PR_SET_CHILD_SUBREAPER``) and reaps every descendant, so the kernel adds each one's
-  counters to this process's own (``/proc/self/io``), also for workers that exit early;
+* bytes read from the study root: every file of the root is dropped from the page cache
+  (``POSIX_FADV_DONTNEED``) before the job, and what of those files is cached after it
+  (``mincore``) is what the job read from disk, readahead included; files the job replaced
+  are not counted. (An earlier version summed ``rchar`` over the process tree; Ray's raylet
+  reaps its workers without handing their counters on, so their reads went uncounted, and
+  socket reads were counted.) Synthetic images are generated, not read;
+* startup: the same job re-run on the finished root, where it only starts, imports, reads its
+  config and manifests and skips everything;
 * for the score stage, the bytes it needs: the Parquet column chunks (compressed, as stored)
-  of the columns and checkpoints each method declares (``SelectionMethod.inputs()``); and
-  its reads replayed in this process (:func:`replayed_score_bytes`): the job's figure also
-  holds each Ray worker's imports (about 36 MiB of ``.pyc`` files each), which only the
-  small rungs notice.
+  of the columns and checkpoints each method declares (``SelectionMethod.inputs()``), summed
+  over methods; and its reads replayed in this process, one method at a time on an evicted
+  root (:func:`replayed_score_bytes`).
 
 The second table sets the rungs against the reference rung (128k, 100). Targets (issue 11):
 every stage's time per image at (1.28M, 1000) within 1.5x of (128k, 100); the score stage
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import mmap
 import os
 import shutil
 import subprocess
@@ -51,7 +53,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from coreset import layout
-from coreset.cli import fail
 from coreset.config import StudyConfig, load_config
 from coreset.stages import score
 from coreset.storage import StudyRoot
@@ -61,7 +62,6 @@ CONFIG = REPO / "jobs/configs/imagenet_shape.yaml"
 STAGES = ("train", "gradients", "score", "retrain", "report")
 LADDER = ("12800x10", "128000x100", "128000x1000", "1280000x1000")
 REFERENCE = "128000x100"
-PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True)
@@ -91,37 +91,64 @@ def rung(text: str) -> Rung:
 @dataclass(frozen=True)
 class Run:
     wall_s: float
-    rchar: int
     driver_peak_mib: float
     others_peak_mib: float
 
 
-def rchar_self() -> int:
-    """Bytes read by this process and every descendant it has reaped (``/proc/self/io``)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise OSError("/proc/self/io has no rchar line (not Linux?)")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_LIBC.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def reap_all(timeout_s: float = 120.0) -> None:
-    """Wait for every descendant that was re-parented here (Ray's daemons outlive the driver
-    by a moment); their read counters reach this process only once they are reaped."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache (``mincore``), which asks nothing of the disk."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap {path}")
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.1)
-    raise RuntimeError(f"descendants still running {timeout_s:.0f} s after the job ended")
+            pages = (size + PAGE - 1) // PAGE
+            vec = (ctypes.c_ubyte * pages)()
+            if _LIBC.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore {path}")
+            return sum(v & 1 for v in vec) * PAGE
+        finally:
+            _LIBC.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def evict_root(root: Path) -> dict[Path, int]:
+    """Drop every file of the study root from the page cache (``POSIX_FADV_DONTNEED`` after
+    an fsync); returns each file's inode, so that files a job replaces are not counted."""
+    files = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            files[path] = path.stat().st_ino
+    return files
+
+
+def read_from_root(files: dict[Path, int]) -> int:
+    """Bytes of the root's earlier files that a job read from disk: what of them is cached
+    after it (evicted before it; a page read in by readahead counts, as the disk served it)."""
+    return sum(resident_bytes(p) for p, ino in files.items() if p.exists() and p.stat().st_ino == ino)
 
 
 def run_job(argv: list[str], log: Path, interval_s: float = 0.2) -> Run:
-    """Run one job to completion, measuring its tree; its console goes to ``log`` (a file, so
-    no pipe read here counts as the job's reading)."""
-    before = rchar_self()
+    """Run one job to completion, sampling its process tree's memory; its console goes to ``log``."""
     peaks = {"driver": 0, "others": 0}
     done = threading.Event()
     with log.open("w") as out:
@@ -141,12 +168,11 @@ def run_job(argv: list[str], log: Path, interval_s: float = 0.2) -> Run:
         sampler.start()
         code = proc.wait()
         wall = time.perf_counter() - start
-        reap_all()
         done.set()
         sampler.join()
     if code != 0:
         raise RuntimeError(f"{' '.join(argv[1:3])} exited {code}; see {log}:\n{log.read_text()[-3000:]}")
-    return Run(wall, rchar_self() - before, peaks["driver"] / 1024, peaks["others"] / 1024)
+    return Run(wall, peaks["driver"] / 1024, peaks["others"] / 1024)
 
 
 def needed_score_bytes(cfg: StudyConfig, root: StudyRoot) -> int:
@@ -168,18 +194,20 @@ def needed_score_bytes(cfg: StudyConfig, root: StudyRoot) -> int:
     return total
 
 
-def replayed_score_bytes(cfg: StudyConfig, root: StudyRoot) -> int:
-    """Bytes the score stage's reads take, replayed in this process: the same
+def replayed_score_bytes(cfg: StudyConfig, root: StudyRoot, root_dir: Path) -> int:
+    """Bytes the score stage's reads take from disk, replayed in this process: the same
     :func:`coreset.stages.score.read_inputs` calls its tasks and driver make (one per class
-    unit for a by-class method, one for each other method), counted by ``rchar`` without the
-    imports and start-up that the job's own figure includes."""
+    unit for a by-class method, one for each other method), one method at a time on an
+    evicted root, as each method's tasks read the table afresh."""
     plan = score.plan(cfg, root)
-    before = rchar_self()
+    total = 0
     for work in plan.methods:
+        files = evict_root(root_dir)
         inputs = work.method.inputs()
         for shards in score.class_units(plan.table) if inputs.by_class else [None]:
             score.read_inputs(root, inputs, plan.table, shards)
-    return rchar_self() - before
+        total += read_from_root(files)
+    return total
 
 
 def measure_rung(r: Rung, work: Path) -> list[dict]:
@@ -194,17 +222,19 @@ def measure_rung(r: Rung, work: Path) -> list[dict]:
         argv = [sys.executable, str(REPO / "jobs" / f"{stage}.py"), "--config", str(CONFIG),
                 "--root", str(root_dir), "--set", *r.overrides()]
         print(f"{r.name}: {stage} ...", flush=True)
+        files = evict_root(root_dir)
         run = run_job(argv, logs / f"{r.name}-{stage}.log")
+        read = read_from_root(files)
         idle = run_job(argv, logs / f"{r.name}-{stage}.rerun.log")  # finished root: start-up and skip only
         row = {"rung": r.name, "images": r.images, "classes": r.classes, "stage": stage,
                "wall_s": run.wall_s, "us_per_image": run.wall_s / r.images * 1e6,
                "driver_peak_mib": run.driver_peak_mib, "workers_peak_mib": run.others_peak_mib,
-               "read_mib": max(run.rchar - idle.rchar, 0) / 2**20, "startup_s": idle.wall_s,
+               "read_mib": read / 2**20, "startup_s": idle.wall_s,
                "needed_mib": float("nan"), "replayed_mib": float("nan")}
         if stage == "score":
             cfg, root = load_config(CONFIG, r.overrides()), StudyRoot(str(root_dir))
             row["needed_mib"] = needed_score_bytes(cfg, root) / 2**20
-            row["replayed_mib"] = replayed_score_bytes(cfg, root) / 2**20
+            row["replayed_mib"] = replayed_score_bytes(cfg, root, root_dir) / 2**20
         rows.append(row)
         print(f"{r.name}: {stage} {run.wall_s:.1f} s, read {row['read_mib']:.0f} MiB", flush=True)
     return rows
@@ -234,8 +264,6 @@ def main() -> None:
                    help="folder of the rungs' study roots (each is replaced; default results/scale)")
     p.add_argument("--keep", action="store_true", help="keep each rung's root (default: delete it once measured)")
     ns = p.parse_args()
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        fail("cannot become a child subreaper (prctl): the bytes-read figures need it (Linux only)")
     ns.work = ns.work.resolve()
     rows = []
     for r in ns.rungs:  # the tables are rewritten after every rung: a long ladder keeps what it measured

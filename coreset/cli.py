@@ -36,6 +36,9 @@ class JobArgs:
     address: str | None
     verbose: bool = False
     lease_timeout_s: float = DEFAULT_TIMEOUT_S
+    plan: bool = False  # --plan: print what the stages will do and cost, run nothing, write nothing
+    plan_out: Path | None = None
+    calibrate: bool = False
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -50,6 +53,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--lease-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="s3:// and gs:// roots: a driver lease whose heartbeat is older than this is taken over "
                         f"(a killed driver's; default {DEFAULT_TIMEOUT_S:.0f})")
+    p.add_argument("--plan", action="store_true",
+                   help="print each stage's work units, what is done, what each unit asks for and the estimated "
+                        "wall time and GPU-hours on the cluster it sees; runs nothing and writes nothing to the root")
+    p.add_argument("--plan-out", type=Path, metavar="FILE", help="with --plan: also write the plan as a table "
+                                                                  "(.parquet or .csv)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --plan: measure each stage's rates on a few batches of its real work first "
+                        "(else the rates the root recorded)")
     return p
 
 
@@ -71,7 +82,13 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
         fail(str(e))
     if ns.lease_timeout <= 0:
         fail(f"--lease-timeout must be > 0, not {ns.lease_timeout}")
-    return JobArgs(cfg, root, ns.address, ns.verbose, ns.lease_timeout), ns
+    if (ns.plan_out or ns.calibrate) and not ns.plan:
+        fail(f"{'--plan-out' if ns.plan_out else '--calibrate'} needs --plan")
+    if ns.plan_out is not None and ns.plan_out.suffix not in (".parquet", ".csv"):
+        fail(f"--plan-out {ns.plan_out}: name a .parquet or .csv file")
+    if ns.plan_out is not None and not ns.plan_out.resolve().parent.is_dir():
+        fail(f"--plan-out {ns.plan_out}: folder {ns.plan_out.resolve().parent} does not exist")
+    return JobArgs(cfg, root, ns.address, ns.verbose, ns.lease_timeout, ns.plan, ns.plan_out, ns.calibrate), ns
 
 
 def configure_logging() -> None:

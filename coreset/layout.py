@@ -7,6 +7,8 @@ SPLIT = "split.parquet"
 LEASE_LOCK = ".lease.lock"  # local roots: the flock'd file
 LEASE_OWNER = ".lease.json"  # local roots: who holds the lock
 LEASE_CLAIMS = ".lease"  # object stores: <claim>.json (written once) and <claim>.beat (the heartbeat)
+# Measured rates of each stage's work (coreset/rates.py): what the plan's estimates come from.
+RATES = "rates.json"
 SOURCE = "source"
 TRAIN_LOG = f"{SOURCE}/train_log.parquet"
 TRAJECTORY = f"{SOURCE}/trajectory.parquet"

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 from coreset.cli import parse_job_args
-from coreset.cluster.job import driver_lease, one_line_errors
+from coreset.cluster.job import driver_lease, one_line_errors, print_plan
 from coreset.cluster.stages import STAGES
+from coreset.data import load_datasets
 from coreset.stages.report import write_report
 from coreset.storage import StudyRoot
 
@@ -28,6 +30,12 @@ def _compare(p: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     job, ns = parse_job_args(__doc__.splitlines()[0], extend=_compare)
+    if job.plan:
+        with one_line_errors():
+            start = time.perf_counter()
+            datasets = load_datasets(job.config.data)
+            print_plan(job, ["report"], datasets, time.perf_counter() - start)
+        return
     with one_line_errors(), driver_lease(job):  # --compare's root is only read: no lease there
         compare = StudyRoot(ns.compare) if ns.compare else None
         log.info("report: %s", STAGES["report"].summary(write_report(job.config, job.root, compare), job.root))

@@ -18,7 +18,8 @@ import ray
 from ray.autoscaler.sdk import request_resources
 
 from coreset.cli import configure_logging, fail
-from coreset.cluster.runtime import gpus_available, init_ray
+from coreset.cluster.runtime import init_ray
+from coreset.placement import gpus_of
 
 log = logging.getLogger("coreset")
 
@@ -35,14 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     init_ray(ns.address)
     request_resources(bundles=[{"GPU": 1}] * ns.gpus)
     deadline, last_log = time.monotonic() + ns.wait_s, 0.0
-    while (have := gpus_available(ray.cluster_resources())) < ns.gpus:
+    while (have := gpus_of(ray.cluster_resources())) < ns.gpus:
         if time.monotonic() > deadline:
             fail(f"{have} of {ns.gpus} GPUs joined within {ns.wait_s:.0f} s; see `ray status`")
         if time.monotonic() - last_log > 30:
             log.info("scale: %d of %d GPUs so far", have, ns.gpus)
             last_log = time.monotonic()
         time.sleep(5)
-    log.info("scale: %d GPUs requested, %d in the cluster", ns.gpus, gpus_available(ray.cluster_resources()))
+    log.info("scale: %d GPUs requested, %d in the cluster", ns.gpus, gpus_of(ray.cluster_resources()))
 
 
 if __name__ == "__main__":

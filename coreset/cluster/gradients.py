@@ -15,13 +15,21 @@ import pandas as pd
 import ray
 import torch
 
-from coreset import layout
-from coreset.cluster.runtime import gpus_available
+from coreset import layout, placement
 from coreset.config import StudyConfig, config_from_dict
 from coreset.data import load_datasets
 from coreset.devices import pick_device
 from coreset.progress import Progress
-from coreset.stages.gradients import GradientsPlan, ShardTask, batch_bound_rows, compute_shard, plan, record_manifest
+from coreset.rates import record_rates
+from coreset.stages.gradients import (
+    GradientsPlan,
+    ShardTask,
+    batch_bound_rows,
+    compute_shard,
+    measured_rates,
+    plan,
+    record_manifest,
+)
 from coreset.stages.train import load_source_model
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
@@ -80,59 +88,54 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
         log.info("gradients: removed partial files of an interrupted run")
     done = len(work.tasks) - len(work.todo)
     log.debug("gradients: %d shards, %d already done, %d to compute", len(work.tasks), done, len(work.todo))
-    compute_s = 0.0
+    times: list[tuple[ShardTask, float]] = []
     if work.todo or work.need_bound:
-        pool_actors = _start_workers(cfg, root, resources, max(1, len(work.todo)))
-        compute_s = _run_shards(pool_actors, work.todo, Progress("gradients: shards", len(work.todo)))
+        unit = placement.gradients(cfg, resources, max(1, len(work.todo)))
+        pool_actors = _start_workers(cfg, root, unit)
+        times = _run_shards(pool_actors, work.todo, Progress("gradients: shards", len(work.todo)))
         if work.need_bound:
             rows = ray.get(pool_actors[0].bound.remote(work.train_ids, work.final_epoch))
             write_table(root, layout.BATCH_BOUND, pd.DataFrame(rows), "batch_bound")
         for a in pool_actors:
             ray.kill(a)
+        record_rates(root, measured_rates(times, time.perf_counter() - start, unit))
     return GradientsSummary(len(work.tasks), len(work.todo), done, len(work.train_ids),
                             sorted({t.epoch for t in work.tasks}), work.final_epoch, time.perf_counter() - start,
-                            compute_s)
+                            sum(s for _, s in times))
 
 
-def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> float:
+def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> list[tuple[ShardTask, float]]:
     """Each actor computes one shard at a time. After a failure no new shard starts; the ones
     in flight finish (their files are kept) and are fetched, so that Ray reports no second,
-    unhandled error, and the first error is raised. Returns the shards' summed compute time."""
+    unhandled error, and the first error is raised. Returns each shard's seconds in its actor."""
     idle, pending, running = list(actors), list(todo), {}
     error: BaseException | None = None
-    compute_s = 0.0
+    times: list[tuple[ShardTask, float]] = []
     while running or (pending and error is None):
         while idle and pending and error is None:
-            actor = idle.pop()
-            running[actor.run.remote(pending.pop(0))] = actor
+            actor, task = idle.pop(), pending.pop(0)
+            running[actor.run.remote(task)] = (actor, task)
         (ref,), _ = ray.wait(list(running), num_returns=1)
-        idle.append(running.pop(ref))
+        actor, task = running.pop(ref)
+        idle.append(actor)
         try:
             epoch, shard, seconds = ray.get(ref)
         except Exception as e:  # noqa: BLE001 - re-raised once the shards in flight are done
             error = error or e
             continue
         progress.step()
-        compute_s += seconds
+        times.append((task, seconds))
         log.debug("epoch %d shard %d: %.1fs", epoch, shard, seconds)
     if error is not None:
         for a in actors:
             ray.kill(a)
         raise error
-    return compute_s
+    return times
 
 
-def _start_workers(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], max_needed: int) -> list:
-    gcfg = cfg.gradients
-    gpus = gpus_available(resources)
-    if gpus:
-        n, options = gcfg.workers or gpus, {"num_gpus": 1, "num_cpus": 1}
-        threads = max(1, int(resources.get("CPU", 1)) // max(1, n))
-    else:
-        cpus = int(resources.get("CPU", 1))
-        threads = min(gcfg.cpus_per_worker, cpus)
-        n, options = gcfg.workers or max(1, cpus // threads), {"num_cpus": threads}
-    n = min(n, max_needed)
+def _start_workers(cfg: StudyConfig, root: StudyRoot, unit: placement.Placement) -> list:
+    options = {"num_gpus": 1, "num_cpus": 1} if unit.gpus else {"num_cpus": unit.threads}
+    n, threads = unit.parallel, unit.threads
     actor = ray.remote(max_restarts=3, max_task_retries=3)(GradientWorker)
     log.debug("gradients: %d actor(s), %s each", n, options)
     # SPREAD: one actor per node before two on one (each reads its own shards and checkpoints).

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 from coreset.cli import JobArgs, parse_job_args, record_config
+from coreset.cluster.plan import calibrated_rates, visible_resources
 from coreset.cluster.runtime import init_ray, one_line_errors
 from coreset.cluster.stages import STAGES
-from coreset.data import load_datasets
+from coreset.data import Datasets, load_datasets
 from coreset.lease import Holder, hold_lease
+from coreset.planning import Counts, format_plan, plan_frame, plan_study
 from coreset.progress import duration
+from coreset.rates import read_rates
 from coreset.stages.train import check_study_data
 
 log = logging.getLogger("coreset")
-__all__ = ["driver_lease", "one_line_errors", "run_stages", "start_job"]
+__all__ = ["driver_lease", "one_line_errors", "print_plan", "run_stages", "start_job"]
 
 
 def driver_lease(job: JobArgs) -> AbstractContextManager[Holder]:
@@ -41,14 +45,41 @@ def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.Argume
     wanted = getattr(ns, "stages", None) or stages
     names = [s for s in STAGES if s in wanted]
     with one_line_errors():
-        check_study_data(job.config, job.root, load_datasets(job.config.data))
+        start = time.perf_counter()
+        datasets = load_datasets(job.config.data)
+        load_s = time.perf_counter() - start
+        check_study_data(job.config, job.root, datasets)
         for name in names:
             check = STAGES[name].check
             if check is not None:
                 check(job.config, job.root)
+        if job.plan:
+            print_plan(job, names, datasets, load_s)
+            sys.exit(0)  # --plan runs nothing: no lease, no config, no Ray work
     with one_line_errors(), driver_lease(job):
         record_config(job.config, job.root)
         yield job, names, init_ray(job.address, job.verbose)
+
+
+def print_plan(job: JobArgs, names: list[str], datasets: Datasets, load_s: float) -> None:
+    """``--plan``: print (and with ``--plan-out`` write) the plan of ``names``; the rates are
+    the root's records, overridden by ``--calibrate``'s measurements."""
+    cfg, root = job.config, job.root
+    resources = visible_resources(job.address)
+    counts = Counts.of(cfg, root, datasets)
+    rates = read_rates(root)
+    if job.calibrate:
+        rates = {**rates, **calibrated_rates(cfg, datasets, counts.split, names, resources, load_s)}
+    rows = plan_study(cfg, root, names, counts, resources, rates)
+    lines = format_plan(rows, resources, job.calibrate)
+    print(f"plan of study {cfg.name} at {root.url()}:", *lines, sep="\n", flush=True)
+    if job.plan_out is not None:
+        frame = plan_frame(rows)
+        if job.plan_out.suffix == ".csv":
+            frame.to_csv(job.plan_out, index=False)
+        else:
+            frame.to_parquet(job.plan_out, index=False)
+        log.info("plan: written to %s", job.plan_out)
 
 
 def run_stages(doc: str, stages: Sequence[str], extend: Callable[[argparse.ArgumentParser], None] | None = None

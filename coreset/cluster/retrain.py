@@ -11,6 +11,7 @@ trials share one. Failed trials are retried (``FailureConfig``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,15 +26,25 @@ import pandas as pd
 import torch
 from ray import tune
 
-from coreset import layout
-from coreset.cluster.runtime import gpus_available, verbose
-from coreset.config import StudyConfig, config_from_dict
-from coreset.data import load_datasets
+from coreset import layout, placement
+from coreset.cluster.runtime import verbose
+from coreset.config import DataConfig, StudyConfig, config_from_dict
+from coreset.data import Datasets, load_datasets
 from coreset.data.formats import cache_dir
 from coreset.devices import pick_device
 from coreset.errors import StageError, UserError
 from coreset.progress import PROGRESS, duration
-from coreset.stages.retrain import RetrainPlan, Trial, grid_name, plan, retrain, settings_key, subset_ids
+from coreset.rates import record_rates
+from coreset.stages.retrain import (
+    RetrainPlan,
+    Trial,
+    grid_name,
+    measured_rates,
+    plan,
+    retrain,
+    settings_key,
+    subset_ids,
+)
 from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
@@ -67,13 +78,20 @@ def _run_trial(config: dict[str, Any]) -> None:
     subsets = read_table(root, layout.subsets(trial.method), "subsets") if trial.method != "full" else pd.DataFrame()
     ids = subset_ids(trial, subsets, recorded_train_ids(root))
     device = pick_device(cfg.train.use_gpu)
-    row = retrain(cfg, load_datasets(cfg.data), trial, ids, report=tune.report, device=device)
+    row = retrain(cfg, _datasets(cfg.data), trial, ids, report=tune.report, device=device)
     write_table(root, row_path, pd.DataFrame([row]), "accuracy")
+
+
+@functools.lru_cache(maxsize=1)
+def _datasets(data: DataConfig) -> Datasets:
+    """The data, loaded once per trial process: Tune reuses the process for the next trial."""
+    return load_datasets(data)
 
 
 def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
                 work: RetrainPlan | None = None) -> pd.DataFrame:
     """Run every unfinished trial; returns (and writes) the accuracy table of the whole grid."""
+    start = time.perf_counter()
     work = work or plan(cfg, root)
     grid, pending = work.grid, work.pending
     log.debug("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
@@ -95,6 +113,9 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     accuracy = pd.concat(rows, ignore_index=True)
     if pending or not root.exists(layout.ACCURACY):
         write_table(root, layout.ACCURACY, accuracy, "accuracy")
+    if pending:
+        ran = pd.concat([read_table(root, work.row_path(t), "accuracy") for t in pending], ignore_index=True)
+        record_rates(root, measured_rates(ran, time.perf_counter() - start, placement.trial(cfg, resources)))
     return accuracy
 
 
@@ -163,8 +184,8 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
           pending: list[Trial]) -> tune.ResultGrid:
     """Run (or restore) the Tune experiment of ``pending``."""
     r = cfg.retrain
-    gpus = gpus_available(resources)
-    per_trial = {"cpu": r.cpus_per_trial, **({"gpu": r.gpus_per_trial} if gpus and r.gpus_per_trial > 0 else {})}
+    unit = placement.trial(cfg, resources)
+    per_trial = {"cpu": unit.cpus, **({"gpu": unit.gpus} if unit.gpus else {})}
     trainable = tune.with_resources(_trainable, per_trial)
     path = tune_experiment_dir(cfg, root, grid)
     if not verbose():
@@ -179,7 +200,8 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
         space = {**common, "trial": tune.grid_search([asdict(t) for t in pending])}
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None),
+            # reuse_actors: the next trial runs in a finished trial's process (no new worker, no reload of the data)
+            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None, reuse_actors=True),
             run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0, callbacks=[progress],
                                       failure_config=tune.FailureConfig(max_failures=r.max_failures)),
         )

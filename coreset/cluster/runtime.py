@@ -71,7 +71,3 @@ def init_ray(address: str | None = None, verbose: bool = False) -> dict[str, flo
 def verbose() -> bool:
     """Whether the job asked for Ray's own output (``--verbose``)."""
     return _verbose
-
-
-def gpus_available(resources: dict[str, float]) -> int:
-    return int(resources.get("GPU", 0))

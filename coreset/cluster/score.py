@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 import pandas as pd
 import ray
 
-from coreset import layout
-from coreset.cluster.runtime import gpus_available
+from coreset import layout, placement
 from coreset.config import StudyConfig, config_from_dict
 from coreset.methods import SelectionMethod
 from coreset.progress import Progress
+from coreset.rates import rate, record_rates
 from coreset.stages.score import (
     MethodWork,
     ScorePlan,
     build_method,
     class_units,
+    measured_rates,
     merge_units,
     plan,
     read_inputs,
@@ -46,10 +47,12 @@ class ScoreSummary:
 
 
 def _unit_task(study: dict, root_uri: str, name: str, final_epoch: int, table: dict, shards: list[int]
-               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One unit of a by-class method, in a Ray task."""
+               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], float]:
+    """One unit of a by-class method, in a Ray task; with its seconds (reads included)."""
+    start = time.perf_counter()
     cfg = config_from_dict(study)
-    return score_unit(build_method(cfg, name, final_epoch), StudyRoot(root_uri), table, shards)
+    scores, analysis = score_unit(build_method(cfg, name, final_epoch), StudyRoot(root_uri), table, shards)
+    return scores, analysis, time.perf_counter() - start
 
 
 def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
@@ -57,11 +60,19 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     start = time.perf_counter()
     score_plan = score_plan or plan(cfg, root)
     summary = ScoreSummary(skipped=[w.name for w in score_plan.methods if w.done])
+    rates, work_s = {}, 0.0
     for work in score_plan.todo:
+        began = time.perf_counter()
         if work.method.inputs().by_class:
-            scores, analysis = _score_by_class(cfg, root, resources, work, score_plan)
+            unit = placement.score_unit(resources)
+            scores, analysis, seconds = _score_by_class(cfg, root, unit, work, score_plan)
+            work_s += seconds / unit.parallel
         else:
+            unit = placement.score_driver(resources)
             scores, analysis = _score_in_driver(work.method, root, score_plan)
+            seconds = time.perf_counter() - began
+            work_s += seconds
+        rates.update(measured_rates(work, score_plan, seconds, unit))
         write_method(cfg, root, work, scores, analysis)
         summary.computed.append(work.name)
         log.debug("score: %s done (%d samples)", work.name, len(scores))
@@ -69,6 +80,10 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
         write_label_entropy(cfg, root, score_plan)
     summary.subset_sizes = subset_sizes(cfg, root)
     summary.wall_s = time.perf_counter() - start
+    if rates:
+        unit = placement.score_driver(resources)
+        rates["score.start"] = rate(summary.wall_s - work_s, 1, "start", unit.device, unit.threads)
+        record_rates(root, rates)
     return summary
 
 
@@ -78,17 +93,20 @@ def _score_in_driver(method: SelectionMethod, root: StudyRoot, score_plan: Score
     return scores, method.analysis_tables()
 
 
-def _score_by_class(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], work: MethodWork,
-                    score_plan: ScorePlan) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    options = {"num_gpus": 1} if gpus_available(resources) else {"num_cpus": 1}
+def _score_by_class(cfg: StudyConfig, root: StudyRoot, unit: placement.Placement, work: MethodWork,
+                    score_plan: ScorePlan) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], float]:
+    """The method's scores and side tables over every class unit, and the units' summed seconds."""
+    options = {"num_gpus": unit.gpus} if unit.gpus else {"num_cpus": unit.cpus}
     task = ray.remote(max_retries=3)(_unit_task).options(**options, scheduling_strategy="SPREAD")
     study, table = cfg.to_dict(), ray.put(score_plan.table)
     pending = [task.remote(study, root.uri, work.name, score_plan.final_epoch, table, unit)
                for unit in class_units(score_plan.table)]
     progress = Progress(f"score: {work.name} class units", len(pending))
-    parts = []
+    parts, seconds = [], 0.0
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        parts.append(ray.get(done[0]))
+        scores, analysis, took = ray.get(done[0])
+        parts.append((scores, analysis))
+        seconds += took
         progress.step()
-    return merge_units(parts)
+    return *merge_units(parts), seconds

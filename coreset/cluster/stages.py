@@ -3,17 +3,20 @@ that refuses contradicting settings before any work, and the line that reports i
 Every job runs stages from this table (``jobs/<stage>.py`` one, ``jobs/study.py`` several)."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from coreset import placement
 from coreset.cluster.gradients import GradientsSummary, run_gradients
 from coreset.cluster.retrain import run_retrain
 from coreset.cluster.score import ScoreSummary, run_score
 from coreset.cluster.train import run_train
 from coreset.config import StudyConfig
+from coreset.rates import rate, record_rates
 from coreset.stages import gradients, report, retrain, score, train
 from coreset.stages.report import ReportResult, write_report
 from coreset.stages.train import SourceResult
@@ -53,7 +56,12 @@ def _retrain(accuracy: pd.DataFrame, root: StudyRoot) -> str:
 def _run_report(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
                 report_plan: report.ReportPlan) -> ReportResult:
     """The report needs no Ray: it reads the root's tables and draws in this process."""
-    return write_report(cfg, root, report_plan=report_plan)
+    start = time.perf_counter()
+    result = write_report(cfg, root, report_plan=report_plan)
+    if result.drawn:
+        record_rates(root, {"report.figure": rate(time.perf_counter() - start, len(result.drawn), "figure", "cpu",
+                                                  placement.cpus_of(resources))})
+    return result
 
 
 def _report(result: ReportResult, root: StudyRoot) -> str:

@@ -17,12 +17,12 @@ import ray.train.torch
 import torch
 from ray.util.queue import Queue
 
-from coreset import layout
+from coreset import layout, placement
 from coreset.cli import configure_logging
-from coreset.cluster.runtime import gpus_available
 from coreset.config import StudyConfig, config_from_dict
 from coreset.errors import StageError, UserError
-from coreset.stages.train import SourceResult, TrainPlan, plan, read_source_result, train_source
+from coreset.rates import record_rates
+from coreset.stages.train import SourceResult, TrainPlan, measured_rates, plan, read_source_result, train_source
 from coreset.storage import StudyRoot
 from coreset.tables import read_table
 
@@ -58,9 +58,9 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     if work.result is not None:
         log.debug("source training already finished in %s (best epoch %d)", root.url(), work.result.best_epoch)
         return work.result
-    workers = cfg.train.workers
-    use_gpu = cfg.train.use_gpu == "yes" or (cfg.train.use_gpu == "auto" and gpus_available(resources) >= workers)
-    cpus = cfg.train.cpus_per_worker or max(1, int(resources.get("CPU", 1)) // workers)
+    start = time.perf_counter()
+    workers, unit = cfg.train.workers, placement.train(cfg, resources)
+    use_gpu, cpus = unit.gpus > 0, unit.threads
     errors = Queue(actor_options={"num_cpus": 0})
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,
@@ -86,6 +86,7 @@ def run_train(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     result = read_source_result(root)
     if result is None:
         raise StageError(f"source training ended without writing {root.url('source/done.json')}")
+    record_rates(root, measured_rates(root, work.epochs_done + 1, time.perf_counter() - start, unit))
     return result
 
 

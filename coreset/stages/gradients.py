@@ -24,6 +24,8 @@ from coreset.data import Datasets
 from coreset.errors import StageError
 from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
+from coreset.placement import Placement
+from coreset.rates import Rate, rate
 from coreset.stages.train import SourceResult, load_source_model, read_source_result
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, to_arrow, write_table
@@ -239,3 +241,17 @@ def compute_in_process(cfg: StudyConfig, root: StudyRoot, work: GradientsPlan, d
         compute_s += time.perf_counter() - start
         write_table(root, task.path, shard, "gradients")
     return compute_s
+
+
+def measured_rates(times: list[tuple[ShardTask, float]], stage_s: float, unit: Placement) -> dict[str, Rate]:
+    """Seconds per row of final and of factor-only shards (each shard timed in its actor,
+    its write included), and the stage's start-up: its wall time less the shards' share."""
+    rates: dict[str, Rate] = {}
+    for final, key in ((True, "gradients.final_row"), (False, "gradients.factor_row")):
+        mine = [(len(t.ids), s) for t, s in times if t.final == final]
+        if mine:
+            rates[key] = rate(sum(s for _, s in mine), sum(n for n, _ in mine), "row", unit.device, unit.threads)
+    if times:
+        work_s = sum(s for _, s in times) / unit.parallel
+        rates["gradients.start"] = rate(stage_s - work_s, 1, "start", unit.device, unit.threads)
+    return rates

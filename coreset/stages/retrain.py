@@ -29,6 +29,8 @@ from coreset.data import Batches, Datasets
 from coreset.devices import pick_device
 from coreset.errors import StageError
 from coreset.models import build_model
+from coreset.placement import Placement
+from coreset.rates import Rate, rate
 from coreset.storage import StudyRoot
 from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
 
@@ -112,7 +114,8 @@ def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
     return intervals, math.ceil(r.steps / intervals)
 
 
-def _cycle(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def cycle_batches(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless batches: a fixed number of steps may outlast one pass over a small subset."""
     for epoch in itertools.count(1):
         batches.set_epoch(epoch)
         yield from batches
@@ -134,7 +137,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
     train = datasets.batches("train", ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
-    stream = _cycle(train)
+    stream = cycle_batches(train)
     test = datasets.batches("test", None, cfg.train.eval_batch_size)
     accs = []
     for interval in range(1, intervals + 1):
@@ -183,3 +186,18 @@ def format_summary(accuracy: pd.DataFrame) -> str:
 
 def print_summary(accuracy: pd.DataFrame) -> None:
     print(format_summary(accuracy), flush=True)
+
+
+def measured_rates(rows: pd.DataFrame, stage_s: float, unit: Placement) -> dict[str, Rate]:
+    """The rates of the trials a run finished (``rows``, in ``stage_s`` seconds): per
+    optimiser step of each target model inside the trials (their evaluations shared over their
+    steps), and the stage's start: its wall time less the trials' own in rounds of
+    ``unit.parallel`` (starting Tune and the trial processes, loading the data once in each)."""
+    if rows.empty or "steps" not in rows:
+        return {}
+    rates = {f"retrain.{target}.step": rate(float(g.wall_s.sum()), float(g.steps.sum()), "step", unit.device,
+                                            unit.threads) for target, g in rows.groupby("target_model")}
+    rounds = math.ceil(len(rows) / unit.parallel)
+    rates["retrain.start"] = rate(stage_s - rounds * float(rows.wall_s.mean()), 1, "start", unit.device,
+                                  unit.threads)
+    return rates

@@ -28,6 +28,8 @@ from coreset.analysis import label_entropy_curve
 from coreset.config import StudyConfig
 from coreset.errors import StageError
 from coreset.methods import METHODS, Context, Inputs, SelectionMethod
+from coreset.placement import Placement
+from coreset.rates import Rate, rate
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 
@@ -214,3 +216,13 @@ def subset_sizes(cfg: StudyConfig, root: StudyRoot) -> dict[str, dict[float, int
     subsets = pd.read_parquet(root.url(layout.SUBSETS))
     return {m: g.groupby("fraction").size().div(len(cfg.score.seeds)).astype(int).to_dict()
             for m, g in subsets.groupby("method")}
+
+
+def measured_rates(work: MethodWork, score_plan: ScorePlan, seconds: float, unit: Placement) -> dict[str, Rate]:
+    """A method's rate: seconds per class for one scored by class (its tasks' summed time over
+    the table's classes), else per row of the table."""
+    table = score_plan.table
+    if work.method.inputs().by_class:
+        classes = len({label for lo, hi in table["shard_labels"] for label in range(lo, hi + 1)})
+        return {f"score.{work.name}": rate(seconds, classes, "class", unit.device, unit.threads)}
+    return {f"score.{work.name}": rate(seconds, table["rows_per_epoch"], "row", unit.device, unit.threads)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,9 @@ from coreset.devices import pick_device
 from coreset.errors import DataError
 from coreset.gradients.last_layer import last_layer_factors, last_layer_norms
 from coreset.models import Classifier, build_model
+from coreset.placement import Placement
 from coreset.progress import Progress
+from coreset.rates import Rate, rate
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
@@ -193,6 +196,7 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
     net = wrap(model)
     stopped_early = False
     for epoch in range(start_epoch, cfg.train.epochs + 1):
+        epoch_start = time.perf_counter()
         train_batches.set_epoch(epoch)
         progress = Progress(f"epoch {epoch}/{cfg.train.epochs}", len(train_batches))
         outcomes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -203,12 +207,14 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
             val = evaluate(model, datasets.batches("train", val_ids, cfg.train.eval_batch_size), device,
                            cfg.train.amp) if len(val_ids) else None
             test = evaluate(model, datasets.batches("test", None, cfg.train.eval_batch_size), device, cfg.train.amp)
-            row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss": stats.loss, "train_acc": stats.acc,
-                   "val_acc": val.acc if val else float("nan"), "test_acc": test.acc, "wall_s": stats.wall_s,
-                   "samples_per_s": stats.n * world / max(stats.wall_s, 1e-9)}
-            history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
             trajectory = pd.concat([trajectory, trajectory_rows(model, datasets, probe, epoch, device,
                                                                cfg.train.eval_batch_size)], ignore_index=True)
+            # wall_s: the training loop; epoch_s: the whole epoch but its writes (the plan's rate)
+            row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss": stats.loss, "train_acc": stats.acc,
+                   "val_acc": val.acc if val else float("nan"), "test_acc": test.acc, "wall_s": stats.wall_s,
+                   "samples_per_s": stats.n * world / max(stats.wall_s, 1e-9),
+                   "epoch_s": time.perf_counter() - epoch_start}
+            history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
             save_checkpoint(root, layout.checkpoint(epoch), {"model": model.state_dict(), "epoch": epoch, "meta": meta})
             write_table(root, layout.correctness(epoch), presented, "correctness")
             write_table(root, layout.TRAJECTORY, trajectory, "trajectory")
@@ -286,3 +292,16 @@ def load_source_model(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, epo
     state = load_checkpoint(root, layout.checkpoint(epoch), source_meta(cfg, datasets), map_location=device)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
+
+
+def measured_rates(root: StudyRoot, first_epoch: int, stage_s: float, unit: Placement) -> dict[str, Rate]:
+    """The rates a run of source training measured from ``first_epoch`` on, in ``stage_s``
+    seconds: per image of an epoch (``epoch_s`` of the log), and the rest of the stage."""
+    history = read_table(root, layout.TRAIN_LOG, "train_log")
+    ran = history[history.epoch >= first_epoch]
+    if ran.empty or "epoch_s" not in ran or ran.epoch_s.isna().any():
+        return {}
+    images = int((read_table(root, layout.SPLIT, "split").split == "train").sum())
+    epochs_s = float(ran.epoch_s.sum())
+    return {"train.image": rate(epochs_s, len(ran) * images, "image", unit.device, unit.threads),
+            "train.start": rate(stage_s - epochs_s, 1, "start", unit.device, unit.threads)}

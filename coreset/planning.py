@@ -1,0 +1,283 @@
+"""``--plan``: what a study will do and what it will cost, before it runs. Pure: the job
+hands it the config, the root, the data's counts, the cluster's resources and the rates
+(``coreset/rates.py``: recorded by earlier runs in the root, or calibrated), and it writes
+nothing.
+
+Per stage and kind of work unit (source epochs; gradient shards x checkpoints; class tasks
+per method; trials; figures) a row says how many units there are, how many the root already
+holds, what each asks for and how many run at once (``coreset/placement.py``, the rule the
+stages start work with), and the estimate: the stage's start, plus the units left in rounds
+of ``parallel`` at the rate's seconds per unit. Units without a rate on the unit's device
+(a CPU-measured rate for a GPU cluster, or a stage that never ran here) get no estimate,
+and the total says so rather than guessing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from coreset import layout, placement
+from coreset.config import StudyConfig
+from coreset.data import Datasets, train_val_split
+from coreset.errors import StageError
+from coreset.placement import Placement
+from coreset.progress import duration
+from coreset.rates import Rate
+from coreset.stages import gradients, report, retrain, score, train
+from coreset.storage import StudyRoot
+from coreset.tables import read_table
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    stage: str
+    unit: str  # what one unit of work is
+    units: int
+    done: int  # already in the root
+    cpus: float  # per unit
+    gpus: float
+    parallel: int  # units at once on the cluster
+    seconds_each: float | None  # estimated; None: no rate for this unit's device
+    start_s: float | None  # the stage's start-up, once, when it has work left (None: no rate)
+    rate: str  # the estimate's source: "recorded", "calibrated" or "none"
+
+    @property
+    def todo(self) -> int:
+        return self.units - self.done
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.todo == 0:
+            return 0.0
+        if self.seconds_each is None:
+            return None
+        return (self.start_s or 0.0) + math.ceil(self.todo / self.parallel) * self.seconds_each
+
+    @property
+    def gpu_hours(self) -> float | None:
+        if self.seconds_each is None:
+            return None if self.todo else 0.0
+        return self.todo * self.seconds_each * self.gpus / 3600
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The data's counts the plan needs: the study's split (recorded, or drawn as the train
+    stage will draw it) and the test set's size."""
+
+    split: pd.DataFrame
+    n_test: int
+
+    @property
+    def train(self) -> pd.Series:
+        rows = self.split[self.split.split == "train"]
+        return rows.set_index("sample_id").label.sort_index()
+
+    @classmethod
+    def of(cls, cfg: StudyConfig, root: StudyRoot, datasets: Datasets) -> Counts:
+        if root.exists(layout.SPLIT):
+            split = read_table(root, layout.SPLIT, "split")
+        else:
+            split = train_val_split(datasets.train.labels.numpy(), cfg.data.val_fraction, cfg.seed)
+        return cls(split, len(datasets.test))
+
+
+class _Rates:
+    """Looks up a rate for a unit's device; remembers which source it came from."""
+
+    def __init__(self, rates: dict[str, Rate]) -> None:
+        self.rates = rates
+
+    def get(self, key: str, unit: Placement) -> Rate | None:
+        found = self.rates.get(key)
+        return found if found is not None and found.device == unit.device else None
+
+    def seconds(self, key: str, unit: Placement, count: float) -> float | None:
+        found = self.get(key, unit)
+        return None if found is None else found.seconds * count
+
+    def source(self, keys: list[str], unit: Placement) -> str:
+        found = [self.get(k, unit) for k in keys]
+        if any(f is None for f in found):
+            return "none"
+        return "calibrated" if any(f.source == "calibrated" for f in found) else "recorded"
+
+
+def _row(stage: str, unit_name: str, units: int, done: int, unit: Placement, seconds_each: float | None,
+         start_s: float | None, source: str) -> PlanRow:
+    if seconds_each is None or start_s is None:
+        seconds_each, start_s, source = None, None, "none"
+    return PlanRow(stage, unit_name, units, done, unit.cpus, unit.gpus, unit.parallel, seconds_each, start_s, source)
+
+
+def _train(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
+           ) -> list[PlanRow]:
+    work = train.plan(cfg, root)
+    unit = placement.train(cfg, resources)
+    done = work.epochs if work.finished else work.epochs_done
+    each = rates.seconds("train.image", unit, len(counts.train))
+    return [_row("train", "source epoch", work.epochs, done, unit, each, rates.seconds("train.start", unit, 1),
+                 rates.source(["train.image", "train.start"], unit))]
+
+
+def _final_and_epochs(cfg: StudyConfig, root: StudyRoot) -> tuple[int, int]:
+    """The final checkpoint and the epochs source training ran, or will run (with early
+    stopping or ``final_epoch: best`` this is the last epoch: an upper bound)."""
+    source = train.read_source_result(root)
+    if source is not None:
+        return gradients.final_epoch(cfg.gradients, source), source.epochs_run
+    fixed = cfg.gradients.final_epoch
+    return (cfg.train.epochs if fixed in ("best", "last") else int(fixed)), cfg.train.epochs
+
+
+def _shards(cfg: StudyConfig, counts: Counts) -> list[np.ndarray]:
+    labels = counts.train
+    return gradients.class_shards(labels.index.to_numpy(), labels.to_numpy(), cfg.gradients.shard_size)
+
+
+def _gradients(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
+               ) -> list[PlanRow]:
+    if train.read_source_result(root) is not None:
+        recorded = gradients.plan(cfg, root)
+        tasks, todo = recorded.tasks, recorded.todo
+    else:
+        final, epochs_run = _final_and_epochs(cfg, root)
+        tasks = todo = gradients.shard_tasks(_shards(cfg, counts), final, cfg.gradients.factor_epochs, epochs_run)
+    unit = placement.gradients(cfg, resources, max(1, len(todo)))
+    rows = []
+    start = rates.seconds("gradients.start", unit, 1)
+    for final, name, key in ((True, "shard x final checkpoint", "gradients.final_row"),
+                             (False, "shard x factor checkpoint", "gradients.factor_row")):
+        mine = [t for t in tasks if t.final == final]
+        if not mine:
+            continue
+        left = [t for t in todo if t.final == final]
+        size = np.mean([len(t.ids) for t in (left or mine)])
+        rows.append(_row("gradients", name, len(mine), len(mine) - len(left), unit,
+                         rates.seconds(key, unit, float(size)), start,
+                         rates.source([key, "gradients.start"], unit)))
+        start = 0.0 if start is not None else None  # the stage starts once
+    return rows
+
+
+def _score(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
+           ) -> list[PlanRow]:
+    if root.exists(layout.GRADIENTS_MANIFEST):
+        work = score.plan(cfg, root)
+        table = work.table
+        methods = [(w.name, w.method, w.done) for w in work.methods]
+    else:
+        final, _ = _final_and_epochs(cfg, root)
+        shards = _shards(cfg, counts)
+        table = {"shard_labels": gradients.shard_labels(shards, counts.train)}
+        methods = [(name, score.build_method(cfg, name, final), False) for name in cfg.score.methods]
+    units = score.class_units(table)
+    classes = counts.train.nunique()
+    driver = placement.score_driver(resources)
+    start = rates.seconds("score.start", driver, 1)
+    rows = []
+    for name, method, done in methods:
+        key = f"score.{name}"
+        if method.inputs().by_class:
+            unit = placement.score_unit(resources)
+            each = rates.seconds(key, unit, classes / len(units))
+            rows.append(_row("score", f"class task: {name}", len(units), len(units) if done else 0, unit, each,
+                             start, rates.source([key, "score.start"], unit)))
+        else:
+            each = rates.seconds(key, driver, len(counts.train))
+            rows.append(_row("score", f"whole table: {name}", 1, int(done), driver, each, start,
+                             rates.source([key, "score.start"], driver)))
+        start = 0.0 if start is not None else None
+    return rows
+
+
+def _retrain(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
+             ) -> list[PlanRow]:
+    work = retrain.plan(cfg, root)
+    unit = placement.trial(cfg, resources)
+    n_train = len(counts.train)
+    per_trial = []
+    for trial in work.pending or work.grid:
+        n = n_train if trial.method == "full" else max(1, round(trial.fraction * n_train))
+        intervals, per = retrain.schedule(cfg, n)
+        per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per))
+    each = None if any(s is None for s in per_trial) else float(np.mean(per_trial))
+    keys = ["retrain.start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})
+    return [_row("retrain", "trial", len(work.grid), len(work.grid) - len(work.pending), unit, each,
+                 rates.seconds("retrain.start", unit, 1), rates.source(keys, unit))]
+
+
+def _report(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
+            ) -> list[PlanRow]:
+    """Every figure the report can draw; done when the published report is up to date."""
+    figures = len(report.SPECS)
+    done = 0
+    if root.exists(layout.REPORT_MANIFEST):
+        work = report.plan(cfg, root)
+        figures = len(work.figures) + len(work.missing)
+        done = len(work.figures) - len(work.todo)
+    unit = placement.score_driver(resources)
+    return [_row("report", "figure", figures, done, unit, rates.seconds("report.figure", unit, 1), 0.0,
+                 rates.source(["report.figure"], unit))]
+
+
+_STAGES = {"train": _train, "gradients": _gradients, "score": _score, "retrain": _retrain, "report": _report}
+
+
+def plan_study(cfg: StudyConfig, root: StudyRoot, stages: list[str], counts: Counts,
+               resources: dict[str, float], rates: dict[str, Rate]) -> list[PlanRow]:
+    """The plan of ``stages`` (in the stage table's order) of ``cfg`` at ``root``.
+
+    A stage whose inputs an earlier stage has not yet written is planned from the counts
+    that stage will produce (the split, its shards and classes)."""
+    found = _Rates(rates)
+    rows: list[PlanRow] = []
+    for name in stages:
+        try:
+            rows += _STAGES[name](cfg, root, counts, resources, found)
+        except StageError as e:  # a contradiction the stage itself would refuse with
+            raise StageError(f"cannot plan stage {name}: {e}") from e
+    return rows
+
+
+def plan_frame(rows: list[PlanRow]) -> pd.DataFrame:
+    """The plan as a table (``--plan-out``): one row per stage and unit kind."""
+    frame = pd.DataFrame([{**asdict(r), "todo": r.todo, "wall_s": r.wall_s, "gpu_hours": r.gpu_hours} for r in rows])
+    return frame.astype({"seconds_each": float, "start_s": float, "wall_s": float, "gpu_hours": float})
+
+
+def _asks(row: PlanRow) -> str:
+    parts = [f"{row.cpus:g} CPU"] if row.cpus else []
+    if row.gpus:
+        parts.append(f"{row.gpus:g} GPU")
+    return ", ".join(parts) or "driver"
+
+
+def _time(seconds: float | None) -> str:
+    return "?" if seconds is None else duration(seconds)
+
+
+def format_plan(rows: list[PlanRow], resources: dict[str, float], calibrated: bool = False) -> list[str]:
+    """The console lines of a plan: a table and the totals (``calibrated``: the rates were
+    just measured, so what still lacks one is measured only when it runs)."""
+    table = pd.DataFrame([{"stage": r.stage, "unit": r.unit, "units": r.units, "done": r.done,
+                           "each asks": _asks(r), "at once": r.parallel,
+                           "per unit": _time(r.seconds_each) if r.todo else "-",
+                           "wall": _time(r.wall_s), "rate": r.rate if r.todo else "-"} for r in rows])
+    lines = table.to_string(index=False).splitlines()
+    stage_s: dict[str, float | None] = {}
+    for r in rows:
+        if r.stage not in stage_s or stage_s[r.stage] is not None:
+            stage_s[r.stage] = None if r.wall_s is None else (stage_s.get(r.stage) or 0.0) + r.wall_s
+    known = [s for s in stage_s.values() if s is not None]
+    gpu_h = sum(r.gpu_hours or 0.0 for r in rows)
+    where = f"{int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs"
+    total = f"estimated wall time {duration(sum(known))} on {where}, {gpu_h:.2f} GPU-hours"
+    unknown = sorted(s for s, v in stage_s.items() if v is None)
+    if unknown:
+        hint = "measured when it first runs" if calibrated else "run with --calibrate"
+        total += f"; no measured rate for {', '.join(unknown)} on this cluster's devices ({hint})"
+    return [*lines, total]
