@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -84,6 +84,7 @@ def hold_lease(root: StudyRoot, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterato
     """Hold ``root``'s lease for the ``with`` body; released on any exit (normal, user error,
     exception). Raises :class:`LeaseError` when another live driver holds it."""
     lease = _LocalLease(root) if root.local else _ObjectLease(root, timeout_s)
+    term = _stop_on_sigterm()
     try:
         yield lease.me
     except KeyboardInterrupt:
@@ -92,7 +93,19 @@ def hold_lease(root: StudyRoot, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterato
                              f"(no heartbeat for {timeout_s:.0f} s); the job stopped") from None
         raise
     finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         lease.release()
+
+
+def _stop_on_sigterm() -> Callable[..., object] | int | None:
+    """``ray job stop`` (and ``kill``) send SIGTERM, whose default ends the driver at once and
+    leaves an object-store lease to time out. Re-raised as SIGINT it stops the job as Ctrl-C
+    does (Tune winds its trials down and keeps its state; elsewhere KeyboardInterrupt), and the
+    lease is released on the way out. Returns the handler to restore (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
 
 class _LocalLease:

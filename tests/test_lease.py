@@ -85,6 +85,20 @@ def test_killed_holder_is_taken_over(kind: str, tmp_path: Path, request: pytest.
     assert len(taken) == 1 and f"pid {proc.pid}" in taken[0], taken
 
 
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_terminated_holder_releases_at_once(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """SIGTERM (``ray job stop``) ends the holder as Ctrl-C does, releasing the lease: the next
+    driver gets it at once, also on S3 where a killed one's waits for the timeout."""
+    uri = _roots(tmp_path, request, kind)
+    proc = _holder_process(uri)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    root = StudyRoot(uri)
+    assert not root.exists(layout.LEASE_OWNER) and (root.local or root.list(layout.LEASE_CLAIMS) == [])
+    with hold_lease(StudyRoot(uri), TIMEOUT_S * 100):  # a stale claim would be refused for 400 s
+        pass
+
+
 def test_two_drivers_claiming_an_s3_root_together_agree(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/studies/race"
     start, outcomes, leases = threading.Barrier(2), [], []

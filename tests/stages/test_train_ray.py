@@ -12,7 +12,7 @@ from studies import synthetic_study
 
 from coreset import layout
 from coreset.cluster.train import run_train
-from coreset.config import load_config
+from coreset.rates import read_rates
 from coreset.storage import StudyRoot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,17 +46,23 @@ def test_two_worker_data_parallel_training(tmp_path: Path, local_ray: dict) -> N
 @pytest.mark.slow
 @pytest.mark.ray
 def test_mnist_job_must_show(tmp_path: Path, shared_data: Path) -> None:
-    """The issue's acceptance: the shipped MNIST config reaches 98.5% through the job CLI."""
+    """The shipped MNIST config through the job CLI, shortened to 2 of its 5 epochs (the
+    cosine schedule over 2): at least 98.5% test accuracy (all 5 epochs: 99.27%, README);
+    the log, probe trajectory and checkpoints of every epoch, and the stage's rates."""
+    epochs = 2
     proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"),
                            "--config", str(REPO / "jobs/configs/mnist.yaml"),
-                           "--root", str(tmp_path), "--set", f"data.root={shared_data}"],
+                           "--root", str(tmp_path), "--set", f"data.root={shared_data}", f"train.epochs={epochs}"],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = pd.read_parquet(tmp_path / "source" / "train_log.parquet")
-    cfg = load_config(REPO / "jobs/configs/mnist.yaml")
-    assert log.epoch.tolist() == list(range(1, cfg.train.epochs + 1))
-    assert log.test_acc.iloc[-1] >= 0.985
+    assert log.epoch.tolist() == list(range(1, epochs + 1))
+    assert log.test_acc.iloc[-1] >= 0.985 and log.epoch_s.gt(log.wall_s).all()
     traj = pd.read_parquet(tmp_path / "source" / "trajectory.parquet")
-    assert traj.groupby("epoch").size().eq(512).all() and traj.epoch.nunique() == cfg.train.epochs + 1
+    assert traj.groupby("epoch").size().eq(512).all() and traj.epoch.nunique() == epochs + 1
+    # Trained models have smaller last-layer gradients than at initialisation (the paper's Figure 2).
+    assert traj[traj.epoch == epochs].l2_last.median() < traj[traj.epoch == 0].l2_last.median() / 10
     ckpts = sorted(p.name for p in (tmp_path / "source" / "checkpoints").glob("epoch=*.pt"))
-    assert len(ckpts) == cfg.train.epochs + 1
+    assert len(ckpts) == epochs + 1
+    rates = read_rates(StudyRoot(str(tmp_path)))
+    assert {"train.image", "train.start"} <= set(rates) and rates["train.image"].per == "image"
