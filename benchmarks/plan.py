@@ -7,7 +7,8 @@
 On a fresh root under ``--work`` it runs ``jobs/study.py --plan --calibrate`` (the estimate
 a new user gets), then the study itself (one job, as a user runs it), then ``--plan`` on a
 second fresh root holding only the first root's ``rates.json`` (the estimate from recorded
-rates, which a re-planned or resumed study gets). A stage's actual time is the span between
+rates, which a re-planned or resumed study gets). The run's console is kept in
+``<work>/run.log``. A stage's actual time is the span between
 the job's ``stage <name>:`` opening line and its ``finished in`` line (log timestamps); the
 job's Ray start and imports before the first stage are in no stage's estimate.
 
@@ -78,7 +79,9 @@ def main() -> None:
     calibrated_file, recorded_file = ns.work / "calibrated.parquet", ns.work / "recorded.parquet"
 
     study(ns.config, fresh, ns.sets, "--plan", "--calibrate", "--plan-out", str(calibrated_file))
-    actual = stage_seconds(study(ns.config, fresh, ns.sets))
+    console = study(ns.config, fresh, ns.sets)
+    (ns.work / "run.log").write_text(console)
+    actual = stage_seconds(console)
     replanned.mkdir()
     shutil.copy(fresh / layout.RATES, replanned / layout.RATES)
     study(ns.config, replanned, ns.sets, "--plan", "--plan-out", str(recorded_file))

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 import pyarrow.fs as pafs
 
 from coreset import layout
-from coreset.errors import LeaseError, StorageError
+from coreset.errors import LeaseError, StorageError, UserError
 from coreset.storage import StudyRoot
 
 log = logging.getLogger("coreset")
@@ -87,7 +87,7 @@ def hold_lease(root: StudyRoot, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterato
     term = _stop_on_sigterm()
     try:
         yield lease.me
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserError):  # a stage that ends on the stop signal says "interrupted"
         if isinstance(lease, _ObjectLease) and lease.lost.is_set():
             raise LeaseError(f"this driver's lease on {root.url()} was taken over by another driver "
                              f"(no heartbeat for {timeout_s:.0f} s); the job stopped") from None

@@ -13,6 +13,7 @@ and the total says so rather than guessing.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -71,8 +72,9 @@ class Counts:
     split: pd.DataFrame
     n_test: int
 
-    @property
+    @functools.cached_property
     def train(self) -> pd.Series:
+        """The train split's labels by sample id."""
         rows = self.split[self.split.split == "train"]
         return rows.set_index("sample_id").label.sort_index()
 
@@ -257,7 +259,9 @@ def _asks(row: PlanRow) -> str:
 
 
 def _time(seconds: float | None) -> str:
-    return "?" if seconds is None else duration(seconds)
+    if seconds is None:
+        return "?"
+    return f"{seconds:.1f}s" if seconds < 10 else duration(seconds)
 
 
 def format_plan(rows: list[PlanRow], resources: dict[str, float], calibrated: bool = False) -> list[str]:

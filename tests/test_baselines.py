@@ -406,3 +406,67 @@ def test_forgetting_counts_events_like_the_reference(variant: str) -> None:
     assert (scores.score == n_epochs).any() == (variant == "paper")
     label_of = dict(zip(scores.sample_id, scores.label, strict=True))
     assert method.select(scores, 0.2, seed=0).tolist() == reference_top(want, label_of, 0.2, True)
+
+
+# --------------------------------------------------------------------------- CAL
+
+def reference_cal(emb: np.ndarray, p: np.ndarray, k: int, symmetric: bool) -> list[float]:
+    """DeepCore's rule with loops: each row's k nearest other rows by Euclidean distance (sorted
+    distances, itself first), and the mean divergence of their probabilities from its own."""
+    scores = []
+    for i in range(len(emb)):
+        d = [math.dist(emb[i], emb[j]) for j in range(len(emb))]
+        near = [j for j in sorted(range(len(emb)), key=lambda j: d[j]) if j != i][:k]
+        total = 0.0
+        for j in near:
+            kl_j_i = sum(p[j][c] * math.log(p[j][c] / p[i][c]) for c in range(len(p[i])))
+            kl_i_j = sum(p[i][c] * math.log(p[i][c] / p[j][c]) for c in range(len(p[i])))
+            total += 0.5 * (kl_i_j + kl_j_i) if symmetric else kl_j_i
+        scores.append(total / len(near))
+    return scores
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepcore"])
+def test_cal_matches_reference_loops(variant: str) -> None:
+    from coreset.methods.geometry import PROBABILITY_FLOOR
+
+    table = factor_table(80, 3, (1, 5), seed=9)
+    method = build("cal", variant=variant, neighbors=4)
+    assert set(method.inputs().columns) == {"emb", "err"} and method.inputs().by_class
+    scores = method.score(table).set_index("sample_id")
+    for c, group in rows_at(table, 5).sort_values("sample_id").groupby("label"):
+        emb = np.stack(group.emb.to_list()).astype(np.float64)
+        p = np.stack(group.err.to_list()).astype(np.float64)
+        p[np.arange(len(p)), c] += 1
+        p = np.maximum(np.clip(p, 0, 1), PROBABILITY_FLOOR)
+        want = reference_cal(emb, p, 4, symmetric=variant == "deepcore")
+        sign = -1.0 if variant == "deepcore" else 1.0
+        assert np.allclose(scores.score.loc[group.sample_id].to_numpy(), sign * np.array(want), rtol=1e-9)
+    frame = scores.reset_index()
+    label_of = dict(zip(frame.sample_id, frame.label, strict=True))
+    got = dict(zip(frame.sample_id, frame.score, strict=True))
+    assert method.select(frame, 0.25, seed=0).tolist() == reference_top(got, label_of, 0.25, True)
+
+
+def test_cal_on_real_mnist_rows_keeps_the_self_out_of_its_neighbours(mnist_rows) -> None:
+    emb, labels = mnist_rows
+    emb = np.concatenate([emb, emb[:5]])  # exact duplicates: a row's nearest may be its twin, not itself
+    labels = np.concatenate([labels, labels[:5]])
+    z = emb @ np.random.default_rng(3).standard_normal((emb.shape[1], 3)) * 3
+    err = np.exp(z - z.max(1, keepdims=True))
+    err /= err.sum(1, keepdims=True)
+    err[np.arange(len(err)), labels] -= 1
+    table = pd.DataFrame({"sample_id": np.arange(len(emb)), "label": labels, "epoch": 5,
+                          "err": list(err.astype(np.float32)), "emb": list(emb.astype(np.float32))})
+    from coreset.methods.cal import nearest_neighbours
+
+    for _, group in table.groupby("label"):
+        x = np.stack(group.emb.to_list()).astype(np.float64)
+        found = nearest_neighbours(x, 10)
+        assert found.shape == (len(x), 10) and not (found == np.arange(len(x))[:, None]).any()
+        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        kth = np.sort(d, axis=1)[:, 9]
+        assert np.allclose(np.take_along_axis(d, found, axis=1).max(axis=1), kth, rtol=1e-5, atol=1e-6)
+    scores = build("cal").score(table)
+    assert scores.score.notna().all() and (scores.score >= 0).all() and scores.score.gt(0).any()

@@ -4,6 +4,7 @@ over (local: at once, the kernel drops the lock; S3: once its heartbeat is older
 timeout), and two drivers claiming an S3 root at the same moment agree on one of them."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from coreset import layout
-from coreset.errors import LeaseError
+from coreset.errors import LeaseError, StageError
 from coreset.lease import SETTLE_S, hold_lease
 from coreset.storage import StudyRoot
 
@@ -131,3 +132,14 @@ def test_holder_whose_claim_was_taken_over_stops(s3_bucket: str, caplog: pytest.
         time.sleep(10)  # the heartbeat (every 0.25 s) interrupts this
         pytest.fail("the job went on without its lease")
     assert any("stopping" in r.getMessage() for r in caplog.records)
+
+
+def test_stage_stopped_by_a_lost_lease_says_so(s3_bucket: str) -> None:
+    """Tune turns the stop signal into its own end (the retrain stage then reports "interrupted
+    ... run again"): with the lease lost, the job's line says why instead."""
+    root = StudyRoot(f"s3://{s3_bucket}/studies/lost-stage")
+    with pytest.raises(LeaseError, match="was taken over by another driver"), hold_lease(root, 2.0) as me:
+        root.delete(f"{layout.LEASE_CLAIMS}/{me.claim}.json")
+        with contextlib.suppress(KeyboardInterrupt):  # as Tune catches SIGINT and winds its trials down
+            time.sleep(10)
+        raise StageError("retraining was interrupted with 3 of 9 trials finished; run the same command again")

@@ -13,6 +13,7 @@ from test_baselines import build, factor_table, mnist_rows, rows_at  # noqa: F40
 
 from coreset.config import load_config
 from coreset.errors import ConfigError
+from coreset.methods.base import Context
 from coreset.methods.budget import class_budgets, global_budget
 from coreset.methods.craig import subset_weights
 from coreset.methods.greedy import greedy, lazy_greedy
@@ -236,6 +237,27 @@ def test_gradmatch_is_omp_on_explicit_gradients(variant: str, lam: float) -> Non
         assert got == reference_omp(a, a.mean(axis=1), lam, variant == "deepcore")
         orders[int(group.label.iloc[0])] = group.sample_id.to_numpy()[got].tolist()
     check_prefix_selection(method, scores, orders)
+
+
+@pytest.mark.parametrize("fractions", [(0.05, 0.2), (0.33,), (0.5, 1.0)])
+def test_gradmatch_stops_at_the_largest_budget_and_selects_the_same_subsets(fractions: tuple[float, ...]) -> None:
+    """OMP stops once the largest configured fraction's budget is covered (⌈f·n_c⌉ + 1 picks; the
+    rest score 0, unranked); every configured subset, class-balanced or global, is the full
+    order's, for uneven classes too."""
+    table = factor_table(70, 3, (1, 5), seed=21)
+    table = table[~((table.label == 2) & (table.sample_id % 3 == 0))]  # a smaller class
+    context = Context(final_epoch=5, factor_epochs=(1, 5), norm="l2_last", seed=0, fractions=fractions)
+    stopped, full = build("gradmatch", context), build("gradmatch")
+    assert stopped.max_fraction == max(fractions) and "max_fraction" in stopped.settings()
+    cut, whole = stopped.score(table), full.score(table)
+    for _, group in cut.groupby("label"):
+        n = len(group)
+        assert (group.score > 0).sum() == min(n, math.ceil(max(fractions) * n) + 1)
+    ranked = cut.score > 0
+    assert np.allclose(cut.score[ranked], whole.score[ranked])  # the same prefix, picked in the same order
+    for fraction in fractions:
+        for budget in ("class_balanced", "global"):
+            assert np.array_equal(stopped.select(cut, fraction, 0, budget), full.select(whole, fraction, 0, budget))
 
 
 def test_variants_differ_and_bad_params_are_config_errors() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from coreset.methods import (  # noqa: F401 (registers methods)
+    cal,
     ccs,
     craig,
     data_diet,

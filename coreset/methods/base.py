@@ -40,12 +40,14 @@ class NoParams:
 @dataclass(frozen=True)
 class Context:
     """What a study fixes for every method: the trained model's checkpoint (``final_epoch``),
-    GradSimCore's early checkpoints, the gradient column magnitude methods rank by, the seed."""
+    GradSimCore's early checkpoints, the gradient column magnitude methods rank by, the seed,
+    and the subset fractions (a greedy method may stop at the largest one's budget)."""
 
     final_epoch: int
     factor_epochs: tuple[int, ...]
     norm: str
     seed: int
+    fractions: tuple[float, ...] = (1.0,)  # the study's subset fractions: how far a greedy order must go
 
 
 @dataclass(frozen=True)

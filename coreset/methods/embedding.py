@@ -6,7 +6,7 @@ argmax/argmin tie goes to the lower sample_id."""
 from __future__ import annotations
 
 import dataclasses
-from abc import abstractmethod
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,28 +55,41 @@ class EmbeddingMethod(SelectionMethod):
         """One class's rows as a float64 (n_c, d) array."""
         return stack_list_column(group[self.column]).astype(np.float64)
 
-    @abstractmethod
     def class_scores(self, emb: np.ndarray) -> np.ndarray:
-        """Scores of one class's rows (in sample_id order) from their matrix."""
+        """Scores of one class's rows (in sample_id order) from their matrix: what a subclass
+        defines, unless it scores from the rows themselves (:meth:`group_scores`)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither class_scores nor group_scores")
 
     def class_rows(self, table: pd.DataFrame) -> pd.DataFrame:
         """The rows of the method's checkpoint in sample_id order (argmin/argmax ties: lower id)."""
         need_columns(table, self.columns, self.name)
         return at_epoch(table, self.epoch).sort_values("sample_id", kind="stable")
 
+    def group_scores(self, group: pd.DataFrame) -> np.ndarray:
+        """One class's scores from its rows: :meth:`class_scores` of its :meth:`matrix`."""
+        return self.class_scores(self.matrix(group))
+
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         rows = self.class_rows(table)
         parts = []
         for _, group in rows.groupby("label", sort=True):  # one class stacked at a time: memory
-            parts.append(score_frame(group, self.class_scores(self.matrix(group))))
+            parts.append(score_frame(group, self.group_scores(group)))
         return pd.concat(parts, ignore_index=True).sort_values("sample_id").reset_index(drop=True)
 
 
-def greedy_position_scores(order: np.ndarray) -> np.ndarray:
-    """Scores that rank a class in a greedy order: the i-th pick (0-based) of n scores 1 − i/n, so
-    every top-k of the class is the greedy method's first k, and under a global budget the top-k
-    takes about the same share of every class."""
-    n = len(order)
-    scores = np.empty(n)
-    scores[order] = 1.0 - np.arange(n) / n
+def greedy_position_scores(order: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Scores that rank a class of ``n`` (default ``len(order)``) in a greedy order: the i-th pick
+    (0-based) scores 1 − i/n, so every top-k of the class is the greedy method's first k, and
+    under a global budget the top-k takes about the same share of every class. An order that
+    stopped early (:func:`prefix_length`) leaves the rest at 0: unranked, below every pick."""
+    n = len(order) if n is None else n
+    scores = np.zeros(n)
+    scores[order] = 1.0 - np.arange(len(order)) / n
     return scores
+
+
+def prefix_length(n: int, max_fraction: float) -> int:
+    """How many greedy picks a class of ``n`` needs for every fraction up to ``max_fraction``: its
+    budget there is at most ⌈f·n⌉ + 1, class-balanced (largest remainder of the half-up k) or
+    global (top-k of scores 1 − i/n over classes), so a greedy order may stop there."""
+    return min(n, math.ceil(max_fraction * n) + 1)

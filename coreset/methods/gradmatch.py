@@ -13,7 +13,9 @@ and OMP's residual projections follow from a Gram–Schmidt basis on it
 (:class:`~coreset.methods.greedy.ResidualBasis`): ⟨g_i, r⟩ starts at ⟨g_i, b⟩ = mean_j G_ij and
 loses (⟨g_j, r⟩/√res_j)·⟨g_i, q⟩ when j adds the direction q. A step costs O(n_c·t).
 
-The OMP order is computed in full per class; every fraction is a prefix (scores 1 − i/n_c).
+The OMP order stops at the largest configured fraction's budget (``Context.fractions``: OMP's
+cost grows with its steps, and CORDS users report GRAD-MATCH as the slowest selection there
+is); every fraction is a prefix (scores 1 − i/n_c), and images past it score 0, unranked.
 Differences from DeepCore: its subset is the images of non-zero weight after a final NNLS fit,
 which can be fewer than the budget; here the subset is the budget's OMP prefix, exactly k
 images, and no weights are recorded. DeepCore fits its first pick without the ridge
@@ -27,23 +29,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from coreset.config_engine import at_least
-from coreset.methods.base import METHODS, Variant, check_variant
-from coreset.methods.embedding import EmbeddingParams, greedy_position_scores
+from coreset.methods.base import METHODS, Context, Variant, check_variant
+from coreset.methods.embedding import EmbeddingParams, greedy_position_scores, prefix_length
 from coreset.methods.greedy import ResidualBasis
 from coreset.methods.last_layer import LastLayerMethod
 
 
-def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper") -> np.ndarray:
-    """Every row in OMP order (ties to the lower index) for the target b = mean_i g_i."""
+def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper", steps: int | None = None
+              ) -> np.ndarray:
+    """The first ``steps`` rows (default: every row) in OMP order (ties to the lower index) for
+    the target b = mean_i g_i."""
     n = len(gram)
+    steps = n if steps is None else min(steps, n)
     ridged = gram.copy()
     ridged.flat[:: n + 1] += lam  # G + λI
     basis = ResidualBasis(ridged)
     start = gram.mean(axis=1)  # ⟨g_i, b⟩
     projection = start.copy()  # ⟨g_i, r⟩
     left = np.arange(n)
-    order = np.empty(n, dtype=np.int64)
-    for step in range(n):
+    order = np.empty(steps, dtype=np.int64)
+    for step in range(steps):
         seen = projection
         if step == 1 and variant == "deepcore" and gram[order[0], order[0]] > 0:  # unregularised first fit
             first = order[0]
@@ -76,13 +81,26 @@ class GradMatch(LastLayerMethod):
     name = "gradmatch"
     Params = GradMatchParams
 
-    def __init__(self, epoch: int | None = None, lam: float = 1.0, variant: Variant = "paper") -> None:
+    def __init__(self, epoch: int | None = None, lam: float = 1.0, variant: Variant = "paper",
+                 max_fraction: float = 1.0) -> None:
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
+        if not 0 < max_fraction <= 1:
+            raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction}")
         check_variant(variant)
         super().__init__(epoch)
         self.lam = lam
         self.variant = variant
+        self.max_fraction = max_fraction
+
+    @classmethod
+    def from_study(cls, params: GradMatchParams, context: Context) -> GradMatch:
+        method = super().from_study(params, context)
+        method.max_fraction = max(context.fractions)
+        return method
 
     def class_scores(self, gram: np.ndarray) -> np.ndarray:
-        return greedy_position_scores(omp_order(gram, self.lam, self.variant))
+        """The OMP prefix scores 1 − i/n (i-th pick); the images past it, which no configured
+        fraction selects, score 0 (unranked): below every pick."""
+        n = len(gram)
+        return greedy_position_scores(omp_order(gram, self.lam, self.variant, prefix_length(n, self.max_fraction)), n)

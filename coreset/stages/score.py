@@ -68,7 +68,7 @@ def gradient_manifest(root: StudyRoot) -> dict:
 
 def context(cfg: StudyConfig, final_epoch: int) -> Context:
     return Context(final_epoch=final_epoch, factor_epochs=tuple(cfg.gradients.factor_epochs), norm=cfg.score.norm,
-                   seed=cfg.seed)
+                   seed=cfg.seed, fractions=tuple(cfg.score.fractions))
 
 
 def build_method(cfg: StudyConfig, name: str, final_epoch: int) -> SelectionMethod:
