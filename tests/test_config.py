@@ -36,7 +36,7 @@ def test_overrides_are_typed() -> None:
     ("train.momentum=1.0", "train.momentum must lie in"),
     ("train.schedule=linear", "train.schedule='linear' is not allowed; allowed: cosine, step, constant"),
     ("train.milestones=[500]", "train.milestones must lie in"),
-    ("score.methods=[random, bogus]", "score.methods='bogus' is not allowed; allowed: ccs, contextual_diversity"),
+    ("score.methods=[random, bogus]", "score.methods='bogus' is not allowed; allowed: cal, ccs, contextual_diversity"),
     ("score.norm=l3_all", "score.norm must be <l1|l2|linf>_<last|weights|biases|all>"),
     ("score.drop_fraction=0.2", "unknown key score.drop_fraction; did you mean "
                                 "score.params.nonextreme_max_gradient.drop_fraction?"),
