@@ -122,6 +122,13 @@ def test_stage_rates_from_what_a_run_measured() -> None:
     assert rates["gradients.final_row"].seconds == pytest.approx(0.4)
     assert rates["gradients.factor_row"].seconds == pytest.approx(1.5 / 15)
     assert rates["gradients.start"].seconds == pytest.approx(10.0 - 5.5 / 2)
+    cfg = _study()
+    by_class = score.MethodWork("gradsimcore", score.build_method(cfg, "gradsimcore", 2), {}, False)
+    whole = score.MethodWork("random", score.build_method(cfg, "random", 2), {}, False)
+    scored = pd.DataFrame({"sample_id": [4, 1, 9, 7], "label": [0, 0, 3, 1], "score": [0.1, 0.2, 0.3, 0.4]})
+    # per class: the classes scored (labels need not be contiguous in a shard), not a label range
+    assert score.measured_rates(by_class, scored, 6.0, unit)["score.gradsimcore"].seconds == pytest.approx(2.0)
+    assert score.measured_rates(whole, scored, 6.0, unit)["score.random"].seconds == pytest.approx(1.5)
     rows = pd.DataFrame({"target_model": ["m", "m"], "steps": [10, 30], "wall_s": [2.0, 6.0]})
     rates = retrain.measured_rates(rows, stage_s=5.0, unit=unit)
     assert rates["retrain.m.step"].seconds == pytest.approx(0.2)

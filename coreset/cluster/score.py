@@ -72,7 +72,7 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
             scores, analysis = _score_in_driver(work.method, root, score_plan)
             seconds = time.perf_counter() - began
             work_s += seconds
-        rates.update(measured_rates(work, score_plan, seconds, unit))
+        rates.update(measured_rates(work, scores, seconds, unit))
         write_method(cfg, root, work, scores, analysis)
         summary.computed.append(work.name)
         log.debug("score: %s done (%d samples)", work.name, len(scores))

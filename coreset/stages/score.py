@@ -218,11 +218,9 @@ def subset_sizes(cfg: StudyConfig, root: StudyRoot) -> dict[str, dict[float, int
             for m, g in subsets.groupby("method")}
 
 
-def measured_rates(work: MethodWork, score_plan: ScorePlan, seconds: float, unit: Placement) -> dict[str, Rate]:
-    """A method's rate: seconds per class for one scored by class (its tasks' summed time over
-    the table's classes), else per row of the table."""
-    table = score_plan.table
+def measured_rates(work: MethodWork, scores: pd.DataFrame, seconds: float, unit: Placement) -> dict[str, Rate]:
+    """A method's rate from the ``scores`` it produced in ``seconds``: per class for one scored
+    by class (its tasks' summed time over the classes scored), else per row of the table."""
     if work.method.inputs().by_class:
-        classes = len({label for lo, hi in table["shard_labels"] for label in range(lo, hi + 1)})
-        return {f"score.{work.name}": rate(seconds, classes, "class", unit.device, unit.threads)}
-    return {f"score.{work.name}": rate(seconds, table["rows_per_epoch"], "row", unit.device, unit.threads)}
+        return {f"score.{work.name}": rate(seconds, scores.label.nunique(), "class", unit.device, unit.threads)}
+    return {f"score.{work.name}": rate(seconds, len(scores), "row", unit.device, unit.threads)}
