@@ -219,7 +219,6 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
             eval_s = _eval_seconds(model, datasets, cfg, device) * len(datasets.test)
             per_step = step_s + mean_evals * eval_s / max(mean_steps, 1.0)
             rates[f"retrain.{target}.step"] = Rate(per_step, "step", unit.device, unit.threads)
-    # Tune reuses trial processes: each of the parallel slots imports and loads the data once.
     start_s = import_seconds() + load_s
     rates["retrain.start"] = rate(start_s, 1, "start", unit.device, unit.threads)
     return rates

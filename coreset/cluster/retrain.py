@@ -11,7 +11,6 @@ trials share one. Failed trials are retried (``FailureConfig``).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -28,8 +27,8 @@ from ray import tune
 
 from coreset import layout, placement
 from coreset.cluster.runtime import verbose
-from coreset.config import DataConfig, StudyConfig, config_from_dict
-from coreset.data import Datasets, load_datasets
+from coreset.config import StudyConfig, config_from_dict
+from coreset.data import load_datasets
 from coreset.data.formats import cache_dir
 from coreset.devices import pick_device
 from coreset.errors import StageError, UserError
@@ -78,14 +77,8 @@ def _run_trial(config: dict[str, Any]) -> None:
     subsets = read_table(root, layout.subsets(trial.method), "subsets") if trial.method != "full" else pd.DataFrame()
     ids = subset_ids(trial, subsets, recorded_train_ids(root))
     device = pick_device(cfg.train.use_gpu)
-    row = retrain(cfg, _datasets(cfg.data), trial, ids, report=tune.report, device=device)
+    row = retrain(cfg, load_datasets(cfg.data), trial, ids, report=tune.report, device=device)
     write_table(root, row_path, pd.DataFrame([row]), "accuracy")
-
-
-@functools.lru_cache(maxsize=1)
-def _datasets(data: DataConfig) -> Datasets:
-    """The data, loaded once per trial process: Tune reuses the process for the next trial."""
-    return load_datasets(data)
 
 
 def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
@@ -200,8 +193,7 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
         space = {**common, "trial": tune.grid_search([asdict(t) for t in pending])}
         tuner = tune.Tuner(
             trainable, param_space=space,
-            # reuse_actors: the next trial runs in a finished trial's process (no new worker, no reload of the data)
-            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None),
             run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0, callbacks=[progress],
                                       failure_config=tune.FailureConfig(max_failures=r.max_failures)),
         )
