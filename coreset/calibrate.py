@@ -206,7 +206,7 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     device = _device(unit)
     train_ids = np.sort(split.sample_id[split.split == "train"].to_numpy())
     grid = retrain.trial_grid(cfg)
-    steps = [retrain.schedule(cfg, _subset_size(cfg, t, len(train_ids))) for t in grid]
+    steps = [retrain.schedule(cfg, retrain.trial_images(t, len(train_ids))) for t in grid]
     mean_steps = float(np.mean([i * per for i, per in steps]))
     mean_evals = float(np.mean([i for i, _ in steps]))
     rates: dict[str, Rate] = {}
@@ -222,10 +222,6 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     start_s = import_seconds() + load_s
     rates["retrain.start"] = rate(start_s, 1, "start", unit.device, unit.threads)
     return rates
-
-
-def _subset_size(cfg: StudyConfig, trial: retrain.Trial, n_train: int) -> int:
-    return n_train if trial.method == "full" else max(1, round(trial.fraction * n_train))
 
 
 def calibrate(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, stages: list[str],

@@ -23,6 +23,11 @@ class Placement:
     def device(self) -> str:
         return "cuda" if self.gpus > 0 else "cpu"
 
+    def ray_options(self) -> dict[str, float]:
+        """What one unit asks a Ray task or actor for (``num_cpus``, ``num_gpus``); a zero is
+        left out, so Ray's default applies (a task's one CPU)."""
+        return {k: v for k, v in (("num_cpus", self.cpus), ("num_gpus", self.gpus)) if v}
+
 
 def gpus_of(resources: dict[str, float]) -> int:
     return int(resources.get("GPU", 0))

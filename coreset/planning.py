@@ -203,8 +203,7 @@ def _retrain(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[
     n_train = len(counts.train)
     per_trial = []
     for trial in work.pending or work.grid:
-        n = n_train if trial.method == "full" else max(1, round(trial.fraction * n_train))
-        intervals, per = retrain.schedule(cfg, n)
+        intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
         per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per))
     each = None if any(s is None for s in per_trial) else float(np.mean(per_trial))
     keys = ["retrain.start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})

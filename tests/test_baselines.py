@@ -470,3 +470,8 @@ def test_cal_on_real_mnist_rows_keeps_the_self_out_of_its_neighbours(mnist_rows)
         assert np.allclose(np.take_along_axis(d, found, axis=1).max(axis=1), kth, rtol=1e-5, atol=1e-6)
     scores = build("cal").score(table)
     assert scores.score.notna().all() and (scores.score >= 0).all() and scores.score.gt(0).any()
+
+
+def test_cal_neighbours_outside_deepcores_bound_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"score.params.cal.neighbors must lie in \(0, 100\)"):
+        load_config(None, ["score.methods=[cal]", "score.params.cal.neighbors=100"])

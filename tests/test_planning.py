@@ -71,6 +71,9 @@ def test_fresh_root_is_planned_from_the_config_and_the_data_and_nothing_is_writt
     gsc = rows["score", "class task: gradsimcore"]
     assert gsc.seconds_each == pytest.approx(r["score.gradsimcore"].seconds * 4 / len(classes))
     assert gsc.parallel == placement.score_unit(CPU2).parallel == 2
+    assert placement.score_unit(CPU2).ray_options() == {"num_cpus": 1.0}
+    assert placement.score_unit({"CPU": 8.0, "GPU": 2.0}).ray_options() == {"num_gpus": 1.0}
+    assert placement.gradients(cfg, {"CPU": 8.0, "GPU": 2.0}, 9).ray_options() == {"num_cpus": 1.0, "num_gpus": 1.0}
     trial = rows["retrain", "trial"]
     assert trial.seconds_each == pytest.approx(7 * r["retrain.mnist_cnn.step"].seconds)
     assert trial.wall_s == pytest.approx(r["retrain.start"].seconds

@@ -134,7 +134,7 @@ def _run_shards(actors: list, todo: list[ShardTask], progress: Progress) -> list
 
 
 def _start_workers(cfg: StudyConfig, root: StudyRoot, unit: placement.Placement) -> list:
-    options = {"num_gpus": 1, "num_cpus": 1} if unit.gpus else {"num_cpus": unit.threads}
+    options = unit.ray_options()
     n, threads = unit.parallel, unit.threads
     actor = ray.remote(max_restarts=3, max_task_retries=3)(GradientWorker)
     log.debug("gradients: %d actor(s), %s each", n, options)

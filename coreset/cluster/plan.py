@@ -54,7 +54,7 @@ def calibrated_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, 
         rates = calibrate(cfg, datasets, split, stages, resources, load_s)
     else:
         unit = placement.gradients(cfg, resources, 1)
-        options = {"num_gpus": 1, "num_cpus": 1} if unit.gpus else {"num_cpus": unit.threads}
+        options = unit.ray_options()
         task = ray.remote(max_retries=0)(_calibrate_remote).options(**options)
         rates = ray.get(task.remote(cfg.to_dict(), split, stages, resources))
     init_ray(None)  # the joined cluster, or an embedded one like the job's
@@ -80,7 +80,7 @@ def framework_starts(cfg: StudyConfig, resources: dict[str, float], stages: list
     with tempfile.TemporaryDirectory(prefix="coreset-calibrate-") as tmp:
         if "score" in stages:  # first: a task takes an idle worker when there is one
             unit = placement.score_unit(resources)
-            options = {"num_gpus": unit.gpus} if unit.gpus else {"num_cpus": unit.cpus}
+            options = unit.ray_options()
             starts["score"] = _seconds(lambda: ray.get(ray.remote(_returns).options(**options).remote()))
         if "train" in stages:
             unit = placement.train(cfg, resources)
@@ -96,7 +96,7 @@ def framework_starts(cfg: StudyConfig, resources: dict[str, float], stages: list
                 signal.signal(signal.SIGINT, sigint)
         if "gradients" in stages:
             unit = placement.gradients(cfg, resources, 1)
-            options = {"num_gpus": 1, "num_cpus": 1} if unit.gpus else {"num_cpus": unit.threads}
+            options = unit.ray_options()
             start = time.perf_counter()
             actor = ray.remote(_Idle).options(**options).remote()
             ray.get(actor.ready.remote())

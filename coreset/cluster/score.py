@@ -96,7 +96,7 @@ def _score_in_driver(method: SelectionMethod, root: StudyRoot, score_plan: Score
 def _score_by_class(cfg: StudyConfig, root: StudyRoot, unit: placement.Placement, work: MethodWork,
                     score_plan: ScorePlan) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], float]:
     """The method's scores and side tables over every class unit, and the units' summed seconds."""
-    options = {"num_gpus": unit.gpus} if unit.gpus else {"num_cpus": unit.cpus}
+    options = unit.ray_options()
     task = ray.remote(max_retries=3)(_unit_task).options(**options, scheduling_strategy="SPREAD")
     study, table = cfg.to_dict(), ray.put(score_plan.table)
     pending = [task.remote(study, root.uri, work.name, score_plan.final_epoch, table, unit)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from coreset.config_engine import at_least
+from coreset.config_engine import in_range
 from coreset.methods.base import METHODS, Variant, check_variant
 from coreset.methods.embedding import EmbeddingMethod, EmbeddingParams
 from coreset.methods.geometry import PROBABILITY_FLOOR
@@ -78,7 +78,7 @@ class CalParams(EmbeddingParams):
     variant: Variant = "paper"
 
     def validate(self, prefix: str) -> None:
-        at_least(f"{prefix}neighbors", self.neighbors, 1)
+        in_range(f"{prefix}neighbors", self.neighbors, 0, 100, hi_open=True)
 
 
 @METHODS.register("cal")

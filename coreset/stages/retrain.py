@@ -28,6 +28,7 @@ from coreset.config import StudyConfig
 from coreset.data import Batches, Datasets
 from coreset.devices import pick_device
 from coreset.errors import StageError
+from coreset.methods.budget import global_budget
 from coreset.models import build_model
 from coreset.placement import Placement
 from coreset.rates import Rate, rate
@@ -102,6 +103,12 @@ def subset_ids(trial: Trial, subsets: pd.DataFrame, train_ids: np.ndarray) -> np
         raise StageError(f"no subset for {trial.method} at fraction {trial.fraction} seed {trial.seed}; "
                          f"run jobs/score.py")
     return np.sort(rows.sample_id.to_numpy())
+
+
+def trial_images(trial: Trial, n_train: int) -> int:
+    """The images a trial trains on: the whole train split, or its method's subset (k of the
+    budget rule, class-balanced or global alike) at the trial's fraction."""
+    return n_train if trial.method == "full" else global_budget(n_train, trial.fraction)
 
 
 def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
