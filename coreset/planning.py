@@ -205,8 +205,10 @@ def _retrain(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[
     for trial in work.pending or work.grid:
         intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
         per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per))
-    each = None if any(s is None for s in per_trial) else float(np.mean(per_trial))
-    keys = ["retrain.start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})
+    trial_start = rates.seconds("retrain.trial_start", unit, 1)
+    each = (None if trial_start is None or any(s is None for s in per_trial)
+            else trial_start + float(np.mean(per_trial)))
+    keys = ["retrain.start", "retrain.trial_start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})
     return [_row("retrain", "trial", len(work.grid), len(work.grid) - len(work.pending), unit, each,
                  rates.seconds("retrain.start", unit, 1), rates.source(keys, unit))]
 

@@ -62,7 +62,9 @@ def calibrated_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, 
         key = f"{stage}.start"
         if key in rates:
             old = rates[key]
-            data = load_s if stage in ("train", "gradients", "retrain") else 0.0
+            if stage == "retrain":  # the do-nothing trial's own worker start is retrain.trial_start's
+                seconds = max(seconds - (rates["retrain.trial_start"].seconds - load_s), 0.0)
+            data = load_s if stage in ("train", "gradients") else 0.0
             rates[key] = Rate(seconds + data, "start", old.device, old.threads, "calibrated")
     return rates
 

@@ -89,8 +89,9 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     grid, pending = work.grid, work.pending
     log.debug("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     errored = 0
+    progress = TrialProgress(len(grid), len(grid) - len(pending))
     if pending:
-        results = _tune(cfg, root, resources, grid, pending)
+        results = _tune(cfg, root, resources, grid, pending, progress)
         errors = [r.metrics[_USER_ERROR] for r in results if r.metrics and r.metrics.get(_USER_ERROR)]
         if errors:
             raise StageError(errors[0])
@@ -108,18 +109,26 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
         write_table(root, layout.ACCURACY, accuracy, "accuracy")
     if pending:
         ran = pd.concat([read_table(root, work.row_path(t), "accuracy") for t in pending], ignore_index=True)
-        record_rates(root, measured_rates(ran, time.perf_counter() - start, placement.trial(cfg, resources)))
+        tune_start = None if progress.first_trial is None else progress.first_trial - start
+        record_rates(root, measured_rates(ran, time.perf_counter() - start, placement.trial(cfg, resources),
+                                          tune_start))
     return accuracy
 
 
 class TrialProgress(tune.Callback):
     """A console line every ``every_s`` seconds while trials run (Tune's own table is off):
     trials finished (in earlier runs too), running, the total and the ETA at this run's rate.
-    Runs in the driver, inside Tune's loop."""
+    Runs in the driver, inside Tune's loop. It also notes when Tune launched the first trial
+    (``first_trial``, on the ``time.perf_counter`` clock), which ends the stage's start."""
 
     def __init__(self, total: int, finished_before: int, every_s: float = 30.0) -> None:
         self.total, self.before, self.every_s = total, finished_before, every_s
         self.start = self.last = time.monotonic()
+        self.first_trial: float | None = None
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.first_trial is None:
+            self.first_trial = time.perf_counter()
 
     def setup(self, **info: Any) -> None:
         self.start = self.last = time.monotonic()  # also after Tuner.restore unpickles this
@@ -174,8 +183,9 @@ def _new_tune_run(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:
 
 
 def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial],
-          pending: list[Trial]) -> tune.ResultGrid:
-    """Run (or restore) the Tune experiment of ``pending``."""
+          pending: list[Trial], progress: TrialProgress) -> tune.ResultGrid:
+    """Run (or restore) the Tune experiment of ``pending``; ``progress`` reports on a new one
+    (a restored run brings back its own)."""
     r = cfg.retrain
     unit = placement.trial(cfg, resources)
     per_trial = {"cpu": unit.cpus, **({"gpu": unit.gpus} if unit.gpus else {})}
@@ -183,7 +193,6 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
     path = tune_experiment_dir(cfg, root, grid)
     if not verbose():
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy reporter prints nothing at verbose=0
-    progress = TrialProgress(len(grid), len(grid) - len(pending))
     if path is not None and tune.Tuner.can_restore(str(path)):
         log.info("retrain: restoring the interrupted Tune run %s", path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)

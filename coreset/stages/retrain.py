@@ -195,16 +195,22 @@ def print_summary(accuracy: pd.DataFrame) -> None:
     print(format_summary(accuracy), flush=True)
 
 
-def measured_rates(rows: pd.DataFrame, stage_s: float, unit: Placement) -> dict[str, Rate]:
+def measured_rates(rows: pd.DataFrame, stage_s: float, unit: Placement, tune_start_s: float | None
+                   ) -> dict[str, Rate]:
     """The rates of the trials a run finished (``rows``, in ``stage_s`` seconds): per
     optimiser step of each target model inside the trials (their evaluations shared over their
-    steps), and the stage's start: its wall time less the trials' own in rounds of
-    ``unit.parallel`` (starting Tune and the trial processes, loading the data once in each)."""
+    steps); the stage's start, ``tune_start_s`` (Tune's start until it launched the first
+    trial); and each trial's start (its worker process, imports and data load): the rest of
+    the stage's wall time less the trials' own, per round of ``unit.parallel`` trials.
+    Without ``tune_start_s`` (a restored run) only the step rates are measured."""
     if rows.empty or "steps" not in rows:
         return {}
     rates = {f"retrain.{target}.step": rate(float(g.wall_s.sum()), float(g.steps.sum()), "step", unit.device,
                                             unit.threads) for target, g in rows.groupby("target_model")}
+    if tune_start_s is None:
+        return rates
     rounds = math.ceil(len(rows) / unit.parallel)
-    rates["retrain.start"] = rate(stage_s - rounds * float(rows.wall_s.mean()), 1, "start", unit.device,
-                                  unit.threads)
+    rest = stage_s - tune_start_s - rounds * float(rows.wall_s.mean())
+    rates["retrain.start"] = rate(tune_start_s, 1, "start", unit.device, unit.threads)
+    rates["retrain.trial_start"] = rate(rest, rounds, "trial", unit.device, unit.threads)
     return rates
