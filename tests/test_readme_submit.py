@@ -2,7 +2,11 @@
 shell blocks, in a temporary HOME whose ``~/.ray/auth_token`` a local ``ray.init`` wrote first
 (as the quickstart leaves it), from a copy of the repository beside a ``shared/data`` link.
 Only what other Ray sessions on this machine would collide with is changed: the two ports and
-the temp dir become free ones, and the head gets free ports for its other services too."""
+the temp dir become free ones, and the head gets free ports for its other services too.
+
+The job it submits is the smoke study on real MNIST with real Ray and Tune, so this is also
+the study's end-to-end test: every table of the root it leaves is checked, and the same
+command run locally afterwards (embedded Ray) finds every stage done and rewrites nothing."""
 from __future__ import annotations
 
 import os
@@ -13,14 +17,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 from clusters import LocalHead, service_ports, stop
 from faults import wait_for
 from s3 import free_port
 
+from coreset.config import load_config
+from coreset.methods.budget import global_budget
+from coreset.stages.retrain import trial_grid
+
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Submitting to a Ray cluster on this machine"
+SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
 
 
 def readme_blocks() -> list[str]:
@@ -39,6 +49,29 @@ def _ours(temp_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return found
+
+
+def check_smoke_root(root: Path, console: str) -> None:
+    """A finished smoke study: one accuracy row per trial of the grid, the subsets of the
+    budget's sizes, each trial trained on its subset, and the summary on the console."""
+    cfg = load_config(SMOKE)
+    accuracy = pd.read_parquet(root / "accuracy.parquet")
+    grid = trial_grid(cfg)
+    assert len(accuracy) == len(grid)
+    assert (set(zip(accuracy.method, accuracy.fraction, accuracy.seed, strict=False))
+            == {(t.method, t.fraction, t.seed) for t in grid})
+    assert accuracy.test_acc.between(0, 1).all() and (accuracy.best_test_acc >= accuracy.test_acc).all()
+    assert "test accuracy (%) of mnist_cnn" in console
+
+    split = pd.read_parquet(root / "split.parquet")
+    n_train = int((split.split == "train").sum())
+    subsets = pd.read_parquet(root / "subsets")
+    for (method, fraction, seed), rows in subsets.groupby(["method", "fraction", "seed"]):
+        assert len(rows) == global_budget(n_train, fraction)
+        trained = accuracy[(accuracy.method == method) & (accuracy.fraction == fraction) & (accuracy.seed == seed)]
+        assert trained.empty or trained.n_train.iloc[0] == len(rows)
+    assert accuracy[accuracy.method == "full"].n_train.eq(n_train).all()
+    assert (root / "config.yaml").is_file()
 
 
 @pytest.mark.slow
@@ -89,7 +122,8 @@ def test_readme_single_machine_submit(tmp_path: Path, shared_data: Path) -> None
         assert submit.returncode == 0, out[-4000:]
         assert "Job 'smoke-1' succeeded" in out and "ray: joined cluster" in out, out[-4000:]
         assert out.count("coreset INFO study smoke finished in ") == 2, out[-2000:]  # submit's console, then logs'
-        assert (work / "coreset" / "results" / "smoke-job" / "accuracy.parquet").is_file()
+        root = work / "coreset" / "results" / "smoke-job"
+        check_smoke_root(root, out)
 
         # The same job with the config's relative data.root stops with one line saying what to pass.
         relative = re.search(r"ray job submit .*?smoke\.yaml", submit_block).group(0).replace("smoke-1", "smoke-2")
@@ -116,4 +150,14 @@ def test_readme_single_machine_submit(tmp_path: Path, shared_data: Path) -> None
         wait_for(lambda: not _ours(temp_dir), 60, "the cluster's processes to end", every_s=1)
     finally:
         stop(LocalHead(f"http://127.0.0.1:{dashboard}", env, temp_dir, head))
+
+    # The job's command run here, with no cluster: every stage's outputs are found, none redone.
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    study = re.search(r"python jobs/study\.py .*", submit_block).group(0)
+    again = subprocess.run(["bash", "-c", study], capture_output=True, text=True, env=env, cwd=work / "coreset",
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "stage gradients: 0 of " in again.stderr, again.stderr[-3000:]
+    assert f"stage retrain: 0 of {len(trial_grid(load_config(SMOKE)))} trials" in again.stderr, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")} == before  # nothing rewritten
     assert (real_token.read_bytes() if real_token.exists() else None) == real_before
