@@ -11,13 +11,15 @@ tmpfs that the study fills.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +28,7 @@ import pytest
 import torch
 from folders import images, tiny_folder, truncate
 
+import coreset.cluster.job as job_module
 from coreset import layout
 from coreset.checkpoints import CheckpointError
 from coreset.cli import absolute_paths, record_config
@@ -51,6 +54,30 @@ def run_job(script: str, root: Path, *sets: str, extra: tuple[str, ...] = (), wr
     cmd = [sys.executable, *(wrapper or []), str(REPO / "jobs" / script), "--config", str(SMOKE), "--root", str(root),
            *extra, "--set", *sets]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def refused_before_ray(script: str, root: Path, *sets: str, extra: tuple[str, ...] = ()
+                       ) -> subprocess.CompletedProcess:
+    """The same job script run in this process (``runpy``, as ``python`` runs it), for input
+    the job must refuse in its read-only checks, before it starts Ray: reaching Ray fails the
+    test. Saves an interpreter's start-up per case; ``test_root_under_a_regular_file`` and the
+    Ray cases keep the real process."""
+    argv = [str(REPO / "jobs" / script), "--config", str(SMOKE), "--root", str(root), *extra, "--set", *sets]
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+
+    def no_ray(*args: object, **kwargs: object) -> dict[str, float]:
+        raise AssertionError("the job started Ray: bad input must be refused before any cluster work")
+
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
+        patch.setattr(sys, "argv", argv)
+        patch.setattr(job_module, "init_ray", no_ray)
+        patch.chdir(REPO)
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code
+    return subprocess.CompletedProcess(argv, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
 def one_error_line(proc: subprocess.CompletedProcess, after_ok: str | None = None) -> str:
@@ -146,8 +173,8 @@ def test_missing_or_empty_data_is_one_line(case: str, tmp_path: Path) -> None:
         for split in ("train", "val"):
             (data / split / "n01443537").mkdir(parents=True)
     dataset = "mnist" if name == "mnist" else "imagefolder"
-    proc = run_job("train.py", tmp_path / "root", f"data.name={dataset}", f"data.root={data}",
-                   f"data.cache_dir={tmp_path / 'cache'}")
+    proc = refused_before_ray("train.py", tmp_path / "root", f"data.name={dataset}", f"data.root={data}",
+                              f"data.cache_dir={tmp_path / 'cache'}")
     line = one_error_line(proc)
     expected = {"missing": f"data.root {data} does not exist", "empty": f"data.root {data} is an empty folder",
                 "no-images": f"no images under {data / 'train'}"}[what]
@@ -165,7 +192,7 @@ def test_corrupt_jpeg_fails_naming_the_file(shared_data: Path, tmp_path: Path) -
     folder = tiny_folder(shared_data, tmp_path / "data")
     bad = images(folder)[5]
     truncate(bad)
-    proc = run_job("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
+    proc = refused_before_ray("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
     line = one_error_line(proc)
     assert line.startswith(f"error: cannot decode {bad}: Image is incomplete or truncated"), line
     assert line.endswith("set data.corrupt=skip to leave unreadable images out")
@@ -213,7 +240,7 @@ def test_train_and_val_class_folders_differ(shared_data: Path, tmp_path: Path) -
     folder = tiny_folder(shared_data, tmp_path / "data")
     only_val = folder / "val" / "n09999999"
     shutil.copytree(folder / "val" / "n01443537", only_val)
-    proc = run_job("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
+    proc = refused_before_ray("train.py", tmp_path / "root", *_folder_sets(folder, tmp_path))
     line = one_error_line(proc)
     assert line == f"error: class folders of {folder / 'train'} and {folder / 'val'} differ: n09999999", line
     assert not (tmp_path / "root").exists()
@@ -258,7 +285,7 @@ def test_table_of_another_schema_version(script: str, source_root: Path, shared_
                    root / layout.SPLIT)
     before = snapshot(root)
     extra = ("--stages", "gradients") if script == "study.py" else ()
-    line = one_error_line(run_job(script, root, *synthetic_sets(source_root, shared_data), extra=extra))
+    line = one_error_line(refused_before_ray(script, root, *synthetic_sets(source_root, shared_data), extra=extra))
     assert line == (f"error: {root / layout.SPLIT} is a 'split' table of schema version 0; "
                     f"this coreset reads 'split' tables of version 1"), line
     assert_intact(root, before)
@@ -271,7 +298,7 @@ def test_unwritable_root(source_root: Path, shared_data: Path, tmp_path: Path) -
     root = copy_root(source_root, tmp_path / "root")
     before = snapshot(root)
     with unwritable(root) as how:
-        proc = run_job("gradients.py", root, *synthetic_sets(source_root, shared_data))
+        proc = refused_before_ray("gradients.py", root, *synthetic_sets(source_root, shared_data))
     line = one_error_line(proc)
     why = "[errno 13] Permission denied" if how.startswith("chmod") else "[errno 30] Read-only file system"
     # The driver lease is the job's first write (coreset/lease.py).
