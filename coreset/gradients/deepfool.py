@@ -13,8 +13,8 @@ boundary the linearisation lands exactly on), until the prediction is no longer 
 tests 10: an iteration costs one backward pass per candidate, 1000 at ImageNet otherwise);
 0 tests every class, as DeepCore does. Rows are independent (the model in eval mode), so a
 batch is attacked at once: per-sample input gradients of a class are the gradient of that
-class's summed logits. Rows whose prediction has changed leave the batch. Pure torch, float32
-(no autocast: the linearisation is the method).
+class's summed logits. Rows whose prediction has changed leave the batch. Pure torch, in the
+model's precision (no autocast: the linearisation is the method).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def candidate_classes(logits: torch.Tensor, candidates: int) -> torch.Tensor:
     n_classes = logits.shape[1]
     k = n_classes if candidates == 0 else min(candidates, n_classes)
     ranked = logits.detach().clone()
-    ranked[torch.arange(len(ranked)), ranked.argmax(1)] = float("inf")
+    ranked[torch.arange(len(ranked), device=ranked.device), ranked.argmax(1)] = float("inf")
     return ranked.topk(k, dim=1).indices
 
 
@@ -50,7 +50,7 @@ def nearest_boundary_step(model: Classifier, x: torch.Tensor, classes: torch.Ten
     """The DeepFool step r_i of every row of ``x`` (classes[:, 0] the original prediction), and
     the logits at ``x``. Keeps three input-sized tensors, not one per candidate."""
     x = x.detach().requires_grad_(True)
-    logits = model(x).float()
+    logits = model(x)
     picked = logits.gather(1, classes)  # (B, K)
     last = classes.shape[1] - 1
 
@@ -58,7 +58,7 @@ def nearest_boundary_step(model: Classifier, x: torch.Tensor, classes: torch.Ten
         return torch.autograd.grad(picked[:, j].sum(), x, retain_graph=j < last)[0].flatten(1)
 
     base = input_gradient(0)
-    best = torch.full((len(x),), float("inf"), device=x.device)
+    best = torch.full((len(x),), float("inf"), dtype=base.dtype, device=x.device)
     step = torch.zeros_like(base)
     for j in range(1, last + 1):
         w = input_gradient(j) - base
@@ -80,7 +80,7 @@ def deepfool(model: Classifier, x: torch.Tensor, max_iter: int = 50, overshoot: 
     model.eval()
     try:
         with frozen_parameters(model), torch.autocast(x.device.type, enabled=False):
-            return _attack(model, x.float(), max_iter, overshoot, candidates)
+            return _attack(model, x if x.is_floating_point() else x.float(), max_iter, overshoot, candidates)
     finally:
         model.train(was_training)
 
@@ -90,12 +90,12 @@ def _attack(model: Classifier, x0: torch.Tensor, max_iter: int, overshoot: float
     total = torch.zeros_like(x0)
     iterations = torch.zeros(n, dtype=torch.int64, device=x0.device)
     flipped = torch.zeros(n, dtype=torch.bool, device=x0.device)
-    classes = candidate_classes(model(x0).float(), candidates)
+    classes = candidate_classes(model(x0), candidates)
     active = torch.arange(n, device=x0.device)
     for it in range(max_iter + 1):
         point = x0[active] + (1.0 + overshoot) * total[active]
         if it == max_iter:  # the last step's prediction only
-            flipped[active] = model(point).float().argmax(1) != classes[active, 0]
+            flipped[active] = model(point).argmax(1) != classes[active, 0]
             break
         with torch.enable_grad():
             step, logits = nearest_boundary_step(model, point, classes[active])
