@@ -160,10 +160,10 @@ def gradient_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, re
         for final, key in ((True, "gradients.final_row"), (False, "gradients.factor_row")):
             _, seconds = _shard_piece(cfg, piece, final, model, datasets, device)
             rates[key] = rate(seconds, len(piece), "row", unit.device, unit.threads)
-        if attacks:  # at the initialisation DeepFool may take another number of steps than on the trained model
-            task = ShardTask(0, 0, piece, False, "perturbations", attacks[0])
+        if attacks:  # one batch: at the initialisation DeepFool may take more steps than on the trained model
+            task = ShardTask(0, 0, piece[: cfg.gradients.batch_size], False, "perturbations", attacks[0])
             seconds = _timed(lambda: compute_task(model, datasets, task, cfg.gradients, device), device)
-            rates["gradients.perturbation_row"] = rate(seconds, len(piece), "row", unit.device, unit.threads)
+            rates["gradients.perturbation_row"] = rate(seconds, len(task.ids), "row", unit.device, unit.threads)
     start_s = import_seconds() + load_s
     rates["gradients.start"] = rate(start_s, 1, "start", unit.device, unit.threads)
     return rates
