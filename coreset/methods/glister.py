@@ -45,7 +45,7 @@ import pandas as pd
 
 from coreset.config_engine import at_least
 from coreset.errors import ConfigError, StageError
-from coreset.methods.base import METHODS, Context, Inputs, Variant, check_variant, score_frame
+from coreset.methods.base import METHODS, Context, Inputs, Variant, check_variant, need_columns, score_frame
 from coreset.methods.embedding import EmbeddingMethod, greedy_position_scores, prefix_length
 from coreset.methods.geometry import PROBABILITY_FLOOR
 from coreset.similarity import stack_list_column
@@ -150,6 +150,8 @@ class Glister(EmbeddingMethod):
 
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
         rows = self.class_rows(table)
+        if self.variant == "paper":
+            need_columns(rows, ("split",), self.name)  # the score stage adds it with the validation rows
         train = rows[rows["split"] == "train"] if "split" in rows.columns else rows
         val = rows[rows["split"] == "val"] if self.variant == "paper" else None
         parts = []
