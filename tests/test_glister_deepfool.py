@@ -414,3 +414,26 @@ def test_glister_and_deepfool_through_the_score_stage(study: Path, tmp_path: Pat
     unit = score.class_units(work_plan.table)[0]
     assert "split" not in score.read_inputs(root, method.inputs(), work_plan.table, unit).columns
     assert len(score.score_unit(method, root, work_plan.table, unit)[0]) > 0
+
+
+@pytest.mark.ray
+def test_both_methods_on_ray(study: Path, tmp_path: Path) -> None:
+    """Ray's gradient actors write the new tables' files (their kinds' schemas), and the score
+    stage's class tasks rebuild GLISTER by name and read their units' validation rows."""
+    import ray
+
+    from coreset.cluster.gradients import run_gradients
+    from coreset.cluster.score import run_score
+
+    root = copy_root(study, tmp_path / "root")
+    cfg = _cfg("random, glister, deepfool", "gradients.cpus_per_worker=1")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        summary = run_gradients(cfg, root, dict(ray.cluster_resources()))
+        assert summary.shards_computed == len(gradients.plan(cfg, root).tasks) - summary.shards_skipped > 0
+        assert gradients.plan(cfg, root).todo == []
+        scored = run_score(cfg, root, dict(ray.cluster_resources()))
+    finally:
+        ray.shutdown()
+    assert {"glister", "deepfool"} <= set(scored.computed)
+    assert set(pd.read_parquet(root.url(layout.SCORES)).method) == {"random", "glister", "deepfool"}

@@ -3,7 +3,8 @@ efficient and robust learning"; DeepCore's ``Glister`` with ``--balance True``).
 
 GLISTER-ONLINE selects the training images whose gradient step most raises the log-likelihood
 of a held-out validation set. With θ_S = θ − η·Σ_{j∈S} g_j (one SGD step on the subset's
-summed loss, as the authors' CORDS code takes it) and the Taylor approximation
+summed loss, as the paper's L_T(θ, S) and the authors' CORDS code take it; DeepCore's update,
+which it never calls, takes the mean) and the Taylor approximation
 L_V(θ_S − η·g_e) ≈ L_V(θ_S) − η·⟨g_e, ∇L_V(θ_S)⟩, the greedy adds the image of largest
 ⟨g_e, ∇L_V(θ_S)⟩ (∇L_V: the validation images' mean loss gradient), takes its step, and
 recomputes the validation gradient at the new θ_S. As in the paper's last-layer approximation
@@ -56,9 +57,14 @@ def with_bias(emb: np.ndarray) -> np.ndarray:
     return np.hstack([np.asarray(emb, dtype=np.float64), np.ones((len(emb), 1))])
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
+def softmax_error(z: np.ndarray, label: int) -> np.ndarray:
+    """softmax(z) − onehot(label) per row, the label's entry as −Σ_{k≠label} p_k: p_label − 1
+    cancels once the steps make the validation images confident."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    e /= e.sum(axis=1, keepdims=True)
+    e[:, label] = 0.0
+    e[:, label] = -e.sum(axis=1)
+    return e
 
 
 def glister_order(err_t: np.ndarray, emb_t: np.ndarray, err_v: np.ndarray, emb_v: np.ndarray, label: int,
@@ -71,12 +77,12 @@ def glister_order(err_t: np.ndarray, emb_t: np.ndarray, err_v: np.ndarray, emb_v
     k = p_t @ p_v.T  # ⟨[h_j; 1], [h_v; 1]⟩
     onehot = np.zeros(c)
     onehot[label] = 1.0
-    z = np.log(np.maximum(np.asarray(err_v, dtype=np.float64) + onehot, PROBABILITY_FLOOR))
+    z = np.log(np.maximum(np.asarray(err_v, dtype=np.float64) + onehot, PROBABILITY_FLOOR))  # logits + a row constant
     through_k = n * m <= (n + m) * p_t.shape[1]  # the cheaper side of the gain product
     left = np.ones(n, dtype=bool)
     order = np.empty(min(steps, n), dtype=np.int64)
     for step in range(len(order)):
-        e_v = softmax(z) - onehot
+        e_v = softmax_error(z, label)
         carried = k @ e_v if through_k else p_t @ (p_v.T @ e_v)  # Σ_v ⟨[h_i;1],[h_v;1]⟩ e'_v
         gains = np.einsum("ic,ic->i", e_t, carried) / m
         gains[~left] = -np.inf
