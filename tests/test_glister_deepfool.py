@@ -18,7 +18,7 @@ from torch import nn
 from coreset import layout
 from coreset.config import load_config
 from coreset.data import load_datasets
-from coreset.errors import ConfigError
+from coreset.errors import ConfigError, StageError
 from coreset.gradients.deepfool import deepfool
 from coreset.methods import METHODS, Context
 from coreset.methods.budget import class_budgets, global_budget
@@ -384,8 +384,11 @@ def test_glister_and_deepfool_through_the_score_stage(study: Path, tmp_path: Pat
     subsets; the deepcore variant of GLISTER needs no validation table."""
     root = copy_root(study, tmp_path / "root")
     cfg = _cfg("random, glister, deepfool")
+    with pytest.raises(StageError, match=r"glister reads .*validation, which the gradient stage has not written"):
+        score.check_inputs(root, score.plan(cfg, root))  # a gradient stage run without glister configured
     gradients.compute_in_process(cfg, root, gradients.plan(cfg, root), load_datasets(cfg.data), torch.device("cpu"))
     work_plan = score.plan(cfg, root)
+    score.check_inputs(root, work_plan)
     n_train = work_plan.table["rows_per_epoch"]
     for work in work_plan.todo:
         inputs = work.method.inputs()

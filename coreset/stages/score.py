@@ -101,6 +101,21 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> ScorePlan:
     return ScorePlan(final, work, table)
 
 
+def check_inputs(root: StudyRoot, score_plan: ScorePlan) -> None:
+    """Refuse, before any work, a method whose table beside the gradient table (the validation
+    factors, DeepFool's perturbations) the gradient stage has not written (it was run without
+    that method configured)."""
+    for work in score_plan.todo:
+        inputs = work.method.inputs()
+        folders = [layout.VALIDATION] if inputs.validation else []
+        if inputs.table == "perturbations":
+            folders.append(layout.perturbation_table(inputs.table_settings))
+        for folder in folders:
+            if not root.exists(layout.table_manifest(folder)):
+                raise StageError(f"{work.name} reads {root.url(folder)}, which the gradient stage has not written; "
+                                 f"run jobs/gradients.py with this config")
+
+
 def class_units(table: dict[str, Any]) -> list[list[int]]:
     """Shard indices grouped so that every class lies in exactly one group: a shard starts a new
     unit unless it continues the class the previous shard ended with."""
