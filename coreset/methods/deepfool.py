@@ -17,6 +17,9 @@ value, which carries the point across a boundary the linearisation lands exactly
 perturbation's l2 size, ``candidates`` top-scoring classes tested per step (10, the DeepFool
 authors' code; every class at C ≤ 10), ``max_iter`` 50 (DeepCore's, and that code's).
 
+DeepCore attacks the model of its short selection training (``--selection_epochs``); here it is
+the study's trained model (``gradients.final_epoch``), as for every method of the gradient table.
+
 ``variant="deepcore"`` reproduces DeepCore's code, which steps x_{i+1} = x_i + r_i with no
 overshoot, tests every class at every step (1000 backward passes a step at ImageNet), and
 scores the squared size ‖r‖² (the same order; the score is −‖r‖²).
