@@ -227,7 +227,8 @@ def test_every_method_describes_itself() -> None:
         assert method.name == name
         inputs = method.inputs()
         assert isinstance(inputs, Inputs) and set(inputs.epochs) <= {5, 1, 2}, name
-        assert set(inputs.columns) <= {"l2_weights", "l2_last", "err", "emb", "correct"}, name
+        assert set(inputs.columns) <= {"l2_weights", "l2_last", "err", "emb", "correct", "perturbation"}, name
+        assert inputs.table in ("gradients", "correctness", "perturbations"), name
         json.dumps(method.settings())  # recorded in scores/_manifest.json
     gsc = METHODS.get("gradsimcore").from_study(METHODS.get("gradsimcore").Params(), context)
     assert gsc.inputs() == Inputs(columns=("err", "emb"), epochs=(1, 2), by_class=True)
