@@ -227,13 +227,13 @@ def reference_deepfool(model: Classifier, x: torch.Tensor, max_iter: int, oversh
     for _ in range(max_iter):
         point = (x0 + (1 + overshoot) * total).requires_grad_(True)
         f = model(point[None])[0]
-        if int(f.argmax()) != k0:
+        if int(f.detach().argmax()) != k0:
             break
         grad = {k: torch.autograd.grad(f[k], point, retain_graph=True)[0] for k in [k0, *others]}
         best = None
         for k in others:
             w = grad[k] - grad[k0]
-            gap = abs(float(f[k] - f[k0]))
+            gap = abs(float((f[k] - f[k0]).detach()))
             distance = gap / float(w.norm())
             if best is None or distance < best[0]:
                 best = (distance, gap / float(w.norm()) ** 2 * w)
