@@ -36,7 +36,7 @@ from coreset.models import build_model
 from coreset.placement import Placement
 from coreset.rates import Rate, rate
 from coreset.stages import retrain, score
-from coreset.stages.gradients import ShardTask, compute_shard
+from coreset.stages.gradients import ShardTask, compute_shard, compute_task
 from coreset.stages.train import build_source_model, trajectory_rows
 from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
 
@@ -144,12 +144,15 @@ def _shard_piece(cfg: StudyConfig, ids: np.ndarray, final: bool, model: torch.nn
 
 
 def gradient_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resources: dict[str, float],
-                   load_s: float) -> dict[str, Rate]:
-    """Per row of a final and of a factor-only shard, from a slice of a few batches of one class."""
+                   load_s: float, final_epoch: int) -> dict[str, Rate]:
+    """Per row of a final and of a factor-only shard, from a slice of a few batches of one class,
+    and per row of DeepFool's perturbations when a configured method reads them."""
     unit = placement.gradients(cfg, resources, 1 << 30)
     device = _device(unit)
     ids = _class_ids(split)
     piece = ids[: max(1, min(len(ids), STEPS * cfg.gradients.batch_size))]
+    attacks = sorted({i.table_settings for i in (score.build_method(cfg, n, final_epoch).inputs()
+                                                 for n in cfg.score.methods) if i.table == "perturbations"})
     rates: dict[str, Rate] = {}
     with _threads(unit.threads):
         model = prepare_model(build_source_model(cfg, datasets), device)
@@ -157,6 +160,10 @@ def gradient_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, re
         for final, key in ((True, "gradients.final_row"), (False, "gradients.factor_row")):
             _, seconds = _shard_piece(cfg, piece, final, model, datasets, device)
             rates[key] = rate(seconds, len(piece), "row", unit.device, unit.threads)
+        if attacks:  # one batch: at the initialisation DeepFool may take more steps than on the trained model
+            task = ShardTask(0, 0, piece[: cfg.gradients.batch_size], False, "perturbations", attacks[0])
+            seconds = _timed(lambda: compute_task(model, datasets, task, cfg.gradients, device), device)
+            rates["gradients.perturbation_row"] = rate(seconds, len(task.ids), "row", unit.device, unit.threads)
     start_s = import_seconds() + load_s
     rates["gradients.start"] = rate(start_s, 1, "start", unit.device, unit.threads)
     return rates
@@ -164,14 +171,21 @@ def gradient_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, re
 
 def _inputs_frame(rows: pa.Table, inputs: Inputs) -> pd.DataFrame:
     """``rows`` (one class at one checkpoint) as the score stage hands them to a method:
-    repeated at each epoch the method reads, only its columns, fixed-size lists Arrow-backed."""
+    repeated at each epoch the method reads, only its columns, fixed-size lists Arrow-backed;
+    a tenth of them again as validation rows for a method that reads them, and the loss
+    standing in for DeepFool's perturbation (its ranking costs the same on any numbers)."""
     epochs = inputs.epochs or (0,)
     parts = [rows.set_column(rows.schema.get_field_index("epoch"), "epoch",
                              pa.array(np.full(len(rows), e, dtype=np.int64))) for e in epochs]
     table = pa.concat_tables(parts)
+    if inputs.table == "perturbations":
+        table = table.append_column("perturbation", table.column("loss").cast(pa.float64()))
     columns = score.KEYS + [c for c in inputs.columns if c not in score.KEYS]
-    return table.select(columns).to_pandas(
+    frame = table.select(columns).to_pandas(
         types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_fixed_size_list(t) else None)
+    if inputs.validation:
+        frame = pd.concat([frame.assign(split="train"), frame.iloc[::10].assign(split="val")], ignore_index=True)
+    return frame
 
 
 def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resources: dict[str, float],
@@ -231,7 +245,7 @@ def calibrate(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, stages:
     final = cfg.train.epochs if cfg.gradients.final_epoch in ("best", "last") else int(cfg.gradients.final_epoch)
     rates: dict[str, Rate] = {}
     for name, measure in (("train", lambda: train_rates(cfg, datasets, split, resources, load_s)),
-                          ("gradients", lambda: gradient_rates(cfg, datasets, split, resources, load_s)),
+                          ("gradients", lambda: gradient_rates(cfg, datasets, split, resources, load_s, final)),
                           ("score", lambda: score_rates(cfg, datasets, split, resources, final)),
                           ("retrain", lambda: retrain_rates(cfg, datasets, split, resources, load_s))):
         if name in stages:

@@ -338,7 +338,7 @@ class StudyConfig:
         from coreset.methods import METHODS, Context
 
         context = Context(final_epoch=0, factor_epochs=self.gradients.factor_epochs, norm=self.score.norm,
-                          seed=self.seed)
+                          seed=self.seed, fractions=self.score.fractions, lr=self.train.lr)
         for name in self.score.methods:
             METHODS.get(name).from_study(self.score.method_params(name), context)
 

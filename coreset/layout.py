@@ -46,6 +46,36 @@ def gradient_shard(epoch: int, shard: int) -> str:
     return f"{gradient_epoch(epoch)}/shard_{shard:05d}.parquet"
 
 
+# The validation split's forward-only gradient rows at the trained model (GLISTER's validation
+# set), written only when a configured method reads them: one file per class unit of the
+# gradient table (:func:`coreset.stages.score.class_units`), named by the unit's first shard.
+VALIDATION = "validation"
+
+
+def validation_shard(unit: int) -> str:
+    """The validation rows of the classes of the class unit that starts at gradient shard ``unit``."""
+    return f"{VALIDATION}/shard_{unit:05d}.parquet"
+
+
+# DeepFool's perturbation of each train image at the trained model, one table per attack
+# setting (``max_iter_50-overshoot_0.02-candidates_10``), its shards those of the gradient table.
+PERTURBATIONS = "perturbations"
+
+
+def perturbation_table(settings: tuple[tuple[str, object], ...]) -> str:
+    """The folder of the perturbation table computed with ``settings``."""
+    return f"{PERTURBATIONS}/" + "-".join(f"{k}_{v}" for k, v in settings)
+
+
+def perturbation_shard(settings: tuple[tuple[str, object], ...], shard: int) -> str:
+    return f"{perturbation_table(settings)}/shard_{shard:05d}.parquet"
+
+
+def table_manifest(folder: str) -> str:
+    """The settings a table folder was computed with (underscore: dataset readers skip it)."""
+    return f"{folder}/_manifest.json"
+
+
 SCORES = "scores"
 SUBSETS = "subsets"
 ANALYSIS = "analysis"

@@ -140,6 +140,10 @@ def _shards(cfg: StudyConfig, counts: Counts) -> list[np.ndarray]:
     return gradients.class_shards(labels.index.to_numpy(), labels.to_numpy(), cfg.gradients.shard_size)
 
 
+_GRADIENT_UNITS = {("gradients", True): "shard x final checkpoint", ("gradients", False): "shard x factor checkpoint",
+                   ("validation", False): "validation unit (forward)", ("perturbations", False): "shard x DeepFool"}
+
+
 def _gradients(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
                ) -> list[PlanRow]:
     if train.read_source_result(root) is not None:
@@ -147,17 +151,17 @@ def _gradients(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dic
         tasks, todo = recorded.tasks, recorded.todo
     else:
         final, epochs_run = _final_and_epochs(cfg, root)
-        tasks = todo = gradients.shard_tasks(_shards(cfg, counts), final, cfg.gradients.factor_epochs, epochs_run)
+        tasks = todo = gradients.table_tasks(cfg, counts.split, final, epochs_run)[0]
     unit = placement.gradients(cfg, resources, max(1, len(todo)))
     rows = []
     start = rates.seconds("gradients.start", unit, 1)
-    for final, name, key in ((True, "shard x final checkpoint", "gradients.final_row"),
-                             (False, "shard x factor checkpoint", "gradients.factor_row")):
-        mine = [t for t in tasks if t.final == final]
+    for kind, name in _GRADIENT_UNITS.items():
+        mine = [t for t in tasks if (t.table, t.final) == kind]
         if not mine:
             continue
-        left = [t for t in todo if t.final == final]
+        left = [t for t in todo if (t.table, t.final) == kind]
         size = np.mean([len(t.ids) for t in (left or mine)])
+        key = gradients.rate_key(mine[0])
         rows.append(_row("gradients", name, len(mine), len(mine) - len(left), unit,
                          rates.seconds(key, unit, float(size)), start,
                          rates.source([key, "gradients.start"], unit)))

@@ -10,7 +10,9 @@ Keys (``per``: what one unit of the rate is):
   the probe's gradients, the checkpoint and table writes); ``train.start``: per stage start
   (workers, data, model).
 * ``gradients.final_row`` / ``gradients.factor_row``: per row of a shard at the final
-  checkpoint (every norm) / at a factor-only checkpoint, writing included; ``gradients.start``.
+  checkpoint (every norm) / at a factor-only checkpoint (and of the validation split's rows),
+  writing included; ``gradients.perturbation_row``: per train image of DeepFool's perturbation
+  table; ``gradients.start``.
 * ``score.<method>``: per class for a method that scores by class (one class task), per row
   for one that scores the whole table.
 * ``retrain.<model>.step``: per optimiser step of a trial, its evaluations shared over its

@@ -33,6 +33,10 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
     "trajectory": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "l2_last": pa.float64()},
     "gradients": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "loss": pa.float32(),
                   "correct": pa.bool_()},
+    # DeepFool at the trained model: perturbation = (1 + overshoot)·‖r‖₂ in the model's (normalised) input
+    # space; flipped: the prediction changed within max_iter steps.
+    "perturbation": {"sample_id": pa.int64(), "label": pa.int64(), "epoch": pa.int64(), "perturbation": pa.float64(),
+                     "iterations": pa.int64(), "flipped": pa.bool_()},
     "scores": {"sample_id": pa.int64(), "label": pa.int64(), "method": pa.string(), "score": pa.float64()},
     "subsets": {"method": pa.string(), "fraction": pa.float64(), "seed": pa.int64(), "sample_id": pa.int64()},
     # From the prefix of length position + 1 of its class's CRAIG order on, sample_id's nearest chosen image is medoid.

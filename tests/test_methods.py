@@ -42,7 +42,7 @@ def gradient_table(n: int, n_classes: int, epochs: tuple[int, ...], seed: int) -
 def test_registry_names_and_unknown_method() -> None:
     assert {"gradient_cdf", "gradsimcore", "max_gradient", "nonextreme_max_gradient", "random"} <= set(METHODS.names())
     with pytest.raises(KeyError, match="allowed: .*gradient_cdf"):
-        get_method("deepfool")
+        get_method("no_such_method")  # (deepfool, the old example, is registered now)
 
 
 def test_budget_rounding_and_apportionment() -> None:
@@ -227,7 +227,8 @@ def test_every_method_describes_itself() -> None:
         assert method.name == name
         inputs = method.inputs()
         assert isinstance(inputs, Inputs) and set(inputs.epochs) <= {5, 1, 2}, name
-        assert set(inputs.columns) <= {"l2_weights", "l2_last", "err", "emb", "correct"}, name
+        assert set(inputs.columns) <= {"l2_weights", "l2_last", "err", "emb", "correct", "perturbation"}, name
+        assert inputs.table in ("gradients", "correctness", "perturbations"), name
         json.dumps(method.settings())  # recorded in scores/_manifest.json
     gsc = METHODS.get("gradsimcore").from_study(METHODS.get("gradsimcore").Params(), context)
     assert gsc.inputs() == Inputs(columns=("err", "emb"), epochs=(1, 2), by_class=True)

@@ -1,6 +1,7 @@
 """The gradient stage on Ray: a pool of actors (one per GPU, or CPU workers) shards the
 train split; each actor loads the data once and each checkpoint once, and writes one
-Parquet file per shard atomically. Finished shards are skipped on a re-run, and a shard
+Parquet file per shard atomically (and so the validation and perturbation tables' files,
+when a configured method reads them). Finished shards are skipped on a re-run, and a shard
 re-done after an actor died overwrites the same file, so the table never holds a
 duplicate row.
 """
@@ -25,7 +26,7 @@ from coreset.stages.gradients import (
     GradientsPlan,
     ShardTask,
     batch_bound_rows,
-    compute_shard,
+    compute_task,
     measured_rates,
     plan,
     record_manifest,
@@ -68,8 +69,8 @@ class GradientWorker:
 
     def run(self, task: ShardTask) -> tuple[int, int, float]:
         start = time.perf_counter()
-        table = compute_shard(self._model_at(task.epoch), self.datasets, task, self.cfg.gradients, self.device)
-        write_table(self.root, task.path, table, "gradients")
+        table = compute_task(self._model_at(task.epoch), self.datasets, task, self.cfg.gradients, self.device)
+        write_table(self.root, task.path, table, task.kind)
         return task.epoch, task.shard, time.perf_counter() - start
 
     def bound(self, train_ids: np.ndarray, epoch: int) -> list[dict[str, object]]:
@@ -84,7 +85,9 @@ def run_gradients(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float]
     start = time.perf_counter()
     work = work or plan(cfg, root)
     record_manifest(root, work)
-    if root.remove_partial_writes(layout.GRADIENTS):  # no actor of this stage runs yet
+    removed = [root.remove_partial_writes(folder) for folder in (layout.GRADIENTS, layout.VALIDATION,
+                                                                 layout.PERTURBATIONS)]
+    if any(removed):  # no actor of this stage runs yet
         log.info("gradients: removed partial files of an interrupted run")
     done = len(work.tasks) - len(work.todo)
     log.debug("gradients: %d shards, %d already done, %d to compute", len(work.tasks), done, len(work.todo))

@@ -23,6 +23,7 @@ from coreset.stages.score import (
     MethodWork,
     ScorePlan,
     build_method,
+    check_inputs,
     class_units,
     measured_rates,
     merge_units,
@@ -59,6 +60,7 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
               score_plan: ScorePlan | None = None) -> ScoreSummary:
     start = time.perf_counter()
     score_plan = score_plan or plan(cfg, root)
+    check_inputs(root, score_plan)
     summary = ScoreSummary(skipped=[w.name for w in score_plan.methods if w.done])
     rates, work_s = {}, 0.0
     for work in score_plan.todo:

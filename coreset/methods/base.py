@@ -41,25 +41,35 @@ class NoParams:
 class Context:
     """What a study fixes for every method: the trained model's checkpoint (``final_epoch``),
     GradSimCore's early checkpoints, the gradient column magnitude methods rank by, the seed,
-    and the subset fractions (a greedy method may stop at the largest one's budget)."""
+    the subset fractions (a greedy method may stop at the largest one's budget) and source
+    training's learning rate (GLISTER's default step, as DeepCore takes its ``--lr``)."""
 
     final_epoch: int
     factor_epochs: tuple[int, ...]
     norm: str
     seed: int
     fractions: tuple[float, ...] = (1.0,)  # the study's subset fractions: how far a greedy order must go
+    lr: float = 0.1  # train.lr
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What a method reads: ``columns`` (besides ``sample_id, label, epoch``) of ``table`` at
     checkpoints ``epochs``; ``by_class`` methods get one class's rows at a time, so the score
-    stage can spread classes over workers."""
+    stage can spread classes over workers.
+
+    Two inputs the gradient stage computes only when a configured method declares them:
+    ``validation`` adds the validation split's rows of the same columns at the trained model
+    (a ``split`` column then says ``train`` or ``val``; by-class methods get their class's), and
+    ``table="perturbations"`` is DeepFool's perturbation table, computed with the attack's
+    ``table_settings`` (one table per distinct setting)."""
 
     columns: tuple[str, ...]
     epochs: tuple[int, ...]
     table: str = "gradients"
     by_class: bool = False
+    validation: bool = False
+    table_settings: tuple[tuple[str, Any], ...] = ()
 
 
 class SelectionMethod(ABC):

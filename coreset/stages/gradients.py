@@ -5,13 +5,16 @@ The table has one row per (sample_id, epoch) for the train split at the chosen
 checkpoints: at the trained model (``final``) every configured norm plus the factors;
 at GradSimCore's early checkpoints the closed-form last-layer norms and the factors
 ``err``/``emb`` (a forward pass only). Every shard file has the same schema (norm
-columns are null where not computed) so readers can concatenate them.
+columns are null where not computed) so readers can concatenate them. The stage also
+writes the tables only some methods read, when one is configured
+(:mod:`coreset.stages.method_tables`): the validation split's factors and DeepFool's
+perturbations.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,29 +29,18 @@ from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
 from coreset.placement import Placement
 from coreset.rates import Rate, rate
+from coreset.stages.method_tables import compute_perturbations, manifests, method_tasks
+from coreset.stages.shard_task import ShardTask
 from coreset.stages.train import SourceResult, load_source_model, read_source_result
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, to_arrow, write_table
 
 
 @dataclass(frozen=True)
-class ShardTask:
-    """Rows ``ids`` (sorted sample ids) at checkpoint ``epoch``; ``final`` asks for every norm.
-    The ids are those of whole classes (or one part of a class larger than a shard)."""
-
-    epoch: int
-    shard: int
-    ids: np.ndarray
-    final: bool
-
-    @property
-    def path(self) -> str:
-        return layout.gradient_shard(self.epoch, self.shard)
-
-
-@dataclass(frozen=True)
 class GradientsPlan:
-    """Every shard of the table, those still missing, and whether the batch-bound table is."""
+    """Every file of the gradient table (and of the tables configured methods read besides
+    it), those still missing, and whether the batch-bound table is; ``manifest`` is the
+    gradient table's settings, ``others`` those of the other tables by manifest path."""
 
     tasks: list[ShardTask]
     todo: list[ShardTask]
@@ -56,6 +48,7 @@ class GradientsPlan:
     final_epoch: int
     manifest: dict[str, object]
     need_bound: bool
+    others: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def summary(self) -> str:
         epochs = sorted({t.epoch for t in self.tasks})
@@ -69,19 +62,31 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> GradientsPlan:
     source = read_source_result(root)
     if source is None:
         raise StageError(f"no finished source training in {root.url()}; run jobs/train.py first")
-    gcfg = cfg.gradients
     split = read_table(root, layout.SPLIT, "split")
+    final = final_epoch(cfg.gradients, source)
+    tasks, wanted, others = table_tasks(cfg, split, final, source.epochs_run)
+    check_manifest(root, layout.GRADIENTS_MANIFEST, wanted)
+    for path, settings in others.items():
+        check_manifest(root, path, settings)
+    written = {folder: set(root.list(folder)) for folder in {t.folder for t in tasks}}  # a listing per folder
+    todo = [t for t in tasks if t.path.rsplit("/", 1)[1] not in written[t.folder]]
+    need_bound = cfg.gradients.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
+    train_ids = np.sort(split.sample_id[split.split == "train"].to_numpy(np.int64))
+    return GradientsPlan(tasks, todo, train_ids, final, wanted, need_bound, others)
+
+
+def table_tasks(cfg: StudyConfig, split: pd.DataFrame, final: int, epochs_run: int
+                ) -> tuple[list[ShardTask], dict[str, object], dict[str, dict[str, object]]]:
+    """Every file the stage writes for ``split``, the gradient table's manifest and the other
+    tables' manifests (by path): what the plan compares with the root, and ``--plan`` counts."""
     train = split[split.split == "train"].set_index("sample_id").label
-    train_ids = np.sort(train.index.to_numpy(np.int64))
-    final = final_epoch(gcfg, source)
-    shards = class_shards(train.index.to_numpy(), train.to_numpy(), gcfg.shard_size)
-    tasks = shard_tasks(shards, final, gcfg.factor_epochs, source.epochs_run)
-    wanted = manifest(gcfg, tasks, len(train_ids), shard_labels(shards, train))
-    check_manifest(root, wanted)
-    written = {e: set(root.list(layout.gradient_epoch(e))) for e in {t.epoch for t in tasks}}  # a listing per epoch
-    todo = [t for t in tasks if t.path.rsplit("/", 1)[1] not in written[t.epoch]]
-    need_bound = gcfg.bound_batches > 0 and not root.exists(layout.BATCH_BOUND)
-    return GradientsPlan(tasks, todo, train_ids, final, wanted, need_bound)
+    val = split[split.split == "val"].set_index("sample_id").label
+    shards = class_shards(train.index.to_numpy(), train.to_numpy(), cfg.gradients.shard_size)
+    labels = shard_labels(shards, train)
+    tasks = shard_tasks(shards, final, cfg.gradients.factor_epochs, epochs_run)
+    wanted = manifest(cfg.gradients, tasks, len(train), labels)
+    extra = method_tasks(cfg, final, shards, labels, val)
+    return tasks + extra, wanted, manifests(cfg, extra)
 
 
 def check(cfg: StudyConfig, root: StudyRoot) -> None:
@@ -156,20 +161,21 @@ def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int, labels: list[
             "factor_dtype": cfg.factor_dtype}
 
 
-def check_manifest(root: StudyRoot, wanted: dict[str, object]) -> None:
-    """Refuse a table computed with other settings (reads only)."""
-    if root.exists(layout.GRADIENTS_MANIFEST):
-        found = json.loads(root.read_bytes(layout.GRADIENTS_MANIFEST))
+def check_manifest(root: StudyRoot, path: str, wanted: dict[str, object]) -> None:
+    """Refuse a table computed with other settings (reads only); ``path``: its manifest."""
+    if root.exists(path):
+        found = json.loads(root.read_bytes(path))
         if found != wanted:
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-            raise StageError(f"{root.url(layout.GRADIENTS)} was computed with other settings ({', '.join(diff)}); "
-                             f"delete it or use another --root")
+            raise StageError(f"{root.url(path.rsplit('/', 1)[0])} was computed with other settings "
+                             f"({', '.join(diff)}); delete it or use another --root")
 
 
 def record_manifest(root: StudyRoot, gradients_plan: GradientsPlan) -> None:
-    """Record the table's settings before its first shard is written."""
-    if not root.exists(layout.GRADIENTS_MANIFEST):
-        root.write_bytes(layout.GRADIENTS_MANIFEST, json.dumps(gradients_plan.manifest, indent=2).encode())
+    """Record each table's settings before its first file is written."""
+    for path, settings in {layout.GRADIENTS_MANIFEST: gradients_plan.manifest, **gradients_plan.others}.items():
+        if not root.exists(path):
+            root.write_bytes(path, json.dumps(settings, indent=2).encode())
 
 
 def gradient_spec(cfg: GradientsConfig, final: bool) -> GradientSpec:
@@ -177,9 +183,18 @@ def gradient_spec(cfg: GradientsConfig, final: bool) -> GradientSpec:
     return GradientSpec(norms=cfg.norms, groups=groups, factors=True, chunk_bytes=cfg.chunk_mb << 20, amp=cfg.amp)
 
 
+def compute_task(model: Classifier, datasets: Datasets, task: ShardTask, cfg: GradientsConfig,
+                 device: torch.device) -> pa.Table:
+    """The file of one task as an Arrow table of its kind (``task.kind``)."""
+    if task.table == "perturbations":
+        return compute_perturbations(model, datasets, task, cfg.batch_size, device)
+    return compute_shard(model, datasets, task, cfg, device)
+
+
 def compute_shard(model: Classifier, datasets: Datasets, task: ShardTask, cfg: GradientsConfig,
                   device: torch.device) -> pa.Table:
-    """The rows of one shard as an Arrow table in the gradients schema."""
+    """The gradient rows of one shard (or of a unit's validation rows) as an Arrow table in the
+    gradients schema."""
     engine = PerSampleGradients(model, gradient_spec(cfg, task.final))
     all_columns = GradientSpec(norms=cfg.norms, groups=cfg.groups).columns
     parts: dict[str, list[torch.Tensor]] = {}
@@ -237,20 +252,27 @@ def compute_in_process(cfg: StudyConfig, root: StudyRoot, work: GradientsPlan, d
         if task.epoch != epoch:
             model, epoch = load_source_model(cfg, root, datasets, task.epoch, device), task.epoch
         start = time.perf_counter()
-        shard = compute_shard(model, datasets, task, cfg.gradients, device)
+        shard = compute_task(model, datasets, task, cfg.gradients, device)
         compute_s += time.perf_counter() - start
-        write_table(root, task.path, shard, "gradients")
+        write_table(root, task.path, shard, task.kind)
     return compute_s
 
 
+def rate_key(task: ShardTask) -> str:
+    """The rate a task's rows are timed under: a final checkpoint's backward, a forward-only
+    row (factor checkpoints and validation rows), or DeepFool's iterations."""
+    if task.table == "perturbations":
+        return "gradients.perturbation_row"
+    return "gradients.final_row" if task.final else "gradients.factor_row"
+
+
 def measured_rates(times: list[tuple[ShardTask, float]], stage_s: float, unit: Placement) -> dict[str, Rate]:
-    """Seconds per row of final and of factor-only shards (each shard timed in its actor,
-    its write included), and the stage's start-up: its wall time less the shards' share."""
+    """Seconds per row of each kind of task (:func:`rate_key`; each timed in its actor, its
+    write included), and the stage's start-up: its wall time less the tasks' share."""
     rates: dict[str, Rate] = {}
-    for final, key in ((True, "gradients.final_row"), (False, "gradients.factor_row")):
-        mine = [(len(t.ids), s) for t, s in times if t.final == final]
-        if mine:
-            rates[key] = rate(sum(s for _, s in mine), sum(n for n, _ in mine), "row", unit.device, unit.threads)
+    for key in sorted({rate_key(t) for t, _ in times}):
+        mine = [(len(t.ids), s) for t, s in times if rate_key(t) == key]
+        rates[key] = rate(sum(s for _, s in mine), sum(n for n, _ in mine), "row", unit.device, unit.threads)
     if times:
         work_s = sum(s for _, s in times) / unit.parallel
         rates["gradients.start"] = rate(stage_s - work_s, 1, "start", unit.device, unit.threads)

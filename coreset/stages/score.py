@@ -68,7 +68,7 @@ def gradient_manifest(root: StudyRoot) -> dict:
 
 def context(cfg: StudyConfig, final_epoch: int) -> Context:
     return Context(final_epoch=final_epoch, factor_epochs=tuple(cfg.gradients.factor_epochs), norm=cfg.score.norm,
-                   seed=cfg.seed, fractions=tuple(cfg.score.fractions))
+                   seed=cfg.seed, fractions=tuple(cfg.score.fractions), lr=cfg.train.lr)
 
 
 def build_method(cfg: StudyConfig, name: str, final_epoch: int) -> SelectionMethod:
@@ -101,6 +101,21 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> ScorePlan:
     return ScorePlan(final, work, table)
 
 
+def check_inputs(root: StudyRoot, score_plan: ScorePlan) -> None:
+    """Refuse, before any work, a method whose table beside the gradient table (the validation
+    factors, DeepFool's perturbations) the gradient stage has not written (it was run without
+    that method configured)."""
+    for work in score_plan.todo:
+        inputs = work.method.inputs()
+        folders = [layout.VALIDATION] if inputs.validation else []
+        if inputs.table == "perturbations":
+            folders.append(layout.perturbation_table(inputs.table_settings))
+        for folder in folders:
+            if not root.exists(layout.table_manifest(folder)):
+                raise StageError(f"{work.name} reads {root.url(folder)}, which the gradient stage has not written; "
+                                 f"run jobs/gradients.py with this config")
+
+
 def class_units(table: dict[str, Any]) -> list[list[int]]:
     """Shard indices grouped so that every class lies in exactly one group: a shard starts a new
     unit unless it continues the class the previous shard ended with."""
@@ -117,20 +132,53 @@ def read_inputs(root: StudyRoot, inputs: Inputs, table: dict[str, Any], shards: 
                 ) -> pd.DataFrame:
     """The rows ``inputs`` asks for, from the shard files of its epochs (of ``shards`` only
     when given), only its columns; list columns stay Arrow-backed. Methods of source training's
-    dynamics read the correctness table instead (:func:`read_correctness`)."""
+    dynamics read the correctness table instead (:func:`read_correctness`), DeepFool the
+    perturbation table; with ``inputs.validation`` the validation rows of the same classes
+    follow the train rows, a ``split`` column telling them apart."""
     if inputs.table == "correctness":
         return read_correctness(root, inputs)
     missing_epochs = sorted(set(inputs.epochs) - set(table["epochs"]))
     if missing_epochs:
         raise StageError(f"gradient table has no rows at epochs {missing_epochs}; it holds epochs {table['epochs']}")
     shards = list(range(table["shards_per_epoch"])) if shards is None else shards
-    paths = [root.path(layout.gradient_shard(e, s)) for e in inputs.epochs for s in shards]
-    dataset = pads.dataset(paths, filesystem=root.fs, format="parquet")
-    columns = KEYS + [c for c in inputs.columns if c not in KEYS]
-    missing = [c for c in columns if c not in dataset.schema.names]
+    if inputs.table == "perturbations":
+        paths, what = [layout.perturbation_shard(inputs.table_settings, s) for s in shards], "perturbation table"
+    else:
+        paths, what = [layout.gradient_shard(e, s) for e in inputs.epochs for s in shards], "gradient table"
+    rows = read_rows(root, paths, inputs.columns, what)
+    if not inputs.validation:
+        return rows
+    return pd.concat([rows.assign(split="train"), read_validation(root, inputs, shards).assign(split="val")],
+                     ignore_index=True)
+
+
+def read_validation(root: StudyRoot, inputs: Inputs, shards: list[int]) -> pd.DataFrame:
+    """The validation rows of the classes in ``shards`` (whole class units), ``inputs``' columns."""
+    manifest = layout.table_manifest(layout.VALIDATION)
+    if not root.exists(manifest):
+        raise StageError(f"{root.url(layout.VALIDATION)} holds no validation factors; run jobs/gradients.py with "
+                         f"this config (it computes them for the methods that read them)")
+    recorded = json.loads(root.read_bytes(manifest))
+    if list(inputs.epochs) != [recorded["epoch"]]:
+        raise StageError(f"validation factors exist at epoch {recorded['epoch']} only, not at {list(inputs.epochs)}")
+    units = [s for s in shards if s in set(recorded["files"])]  # units without validation rows have no file
+    return read_rows(root, [layout.validation_shard(u) for u in units], inputs.columns, "validation table")
+
+
+def read_rows(root: StudyRoot, paths: list[str], columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """``KEYS`` and ``columns`` of the files ``paths`` (relative to the root) of the table ``what``."""
+    wanted = KEYS + [c for c in columns if c not in KEYS]
+    if not paths:  # pyarrow cannot infer a schema from no files
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in KEYS})
+    try:
+        dataset = pads.dataset([root.path(p) for p in paths], filesystem=root.fs, format="parquet")
+    except FileNotFoundError:
+        lost = next(p for p in paths if not root.exists(p))
+        raise StageError(f"{root.url(lost)} is missing; run jobs/gradients.py with this config first") from None
+    missing = [c for c in wanted if c not in dataset.schema.names]
     if missing:
-        raise StageError(f"gradient table lacks {missing}; columns present: {dataset.schema.names}")
-    arrow = dataset.to_table(columns=columns)
+        raise StageError(f"{what} lacks {missing}; columns present: {dataset.schema.names}")
+    arrow = dataset.to_table(columns=wanted)
     return arrow.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_fixed_size_list(t) else None)
 
 
