@@ -9,6 +9,11 @@ The models are at their initialisation (no checkpoint exists yet): a step costs 
 but iterative selection methods (OMP, greedy submodular gains) may take another number of
 iterations on trained gradients. Starts are measured as what a fresh worker does: import
 the stage's modules (a child interpreter) and load the data.
+
+Units that share a machine slow each other (memory bandwidth, caches, the driver): a CPU
+class task or trial is timed with as many copies running at once as the stage would run on
+this machine (:func:`sharing`), each in its own thread (torch and the Gram products release
+the GIL); a GPU unit has its device to itself.
 """
 from __future__ import annotations
 
@@ -16,11 +21,14 @@ import functools
 import io
 import itertools
 import logging
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,7 +39,7 @@ import torch
 from coreset import placement
 from coreset.config import StudyConfig
 from coreset.data import Datasets, probe_ids
-from coreset.methods import Inputs
+from coreset.methods import Inputs, SelectionMethod
 from coreset.models import build_model
 from coreset.placement import Placement
 from coreset.rates import Rate, rate
@@ -41,6 +49,7 @@ from coreset.stages.train import build_source_model, trajectory_rows
 from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
 
 log = logging.getLogger("coreset")
+T = TypeVar("T")
 STEPS = 5  # timed batches of each kind, after one untimed (allocations, loader start)
 
 
@@ -52,6 +61,22 @@ def _threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def sharing(unit: Placement) -> int:
+    """How many of a stage's units run at once on this machine: ``unit.parallel``, bounded by
+    the CPUs here (a cluster spreads the rest over other nodes); 1 for a GPU unit."""
+    if unit.gpus:
+        return 1
+    return max(1, min(unit.parallel, int((os.cpu_count() or 1) // max(unit.cpus, 1.0))))
+
+
+def _at_once(job: Callable[[int], T], copies: int) -> list[T]:
+    """``job(0) ... job(copies - 1)``, each in its own thread, all at once."""
+    if copies == 1:
+        return [job(0)]
+    with ThreadPoolExecutor(copies) as pool:
+        return list(pool.map(job, range(copies)))
 
 
 def _device(unit: Placement) -> torch.device:
@@ -188,11 +213,17 @@ def _inputs_frame(rows: pa.Table, inputs: Inputs) -> pd.DataFrame:
     return frame
 
 
+def _scoring_seconds(methods: list[SelectionMethod], frame: pd.DataFrame) -> float:
+    """The mean seconds of ``methods`` (copies of one method) scoring ``frame``, all at once."""
+    cpu = torch.device("cpu")
+    return float(np.mean(_at_once(lambda i: _timed(lambda: methods[i].score(frame), cpu), len(methods))))
+
+
 def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resources: dict[str, float],
                 final_epoch: int) -> dict[str, Rate]:
     """Every configured method on one class of the typical size: per class for a method that
-    scores by class (the thread of its task), per row for one that scores the whole table
-    (from one class's rows: a linear extrapolation)."""
+    scores by class (the thread of its task, as many at once as share this machine), per row
+    for one that scores the whole table (from one class's rows: a linear extrapolation)."""
     ids = _class_ids(split)
     model = build_source_model(cfg, datasets)
     rows, _ = _shard_piece(cfg, ids, True, model, datasets, torch.device("cpu"))
@@ -203,8 +234,9 @@ def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resou
         by_class = inputs.by_class
         unit = placement.score_unit(resources) if by_class else placement.score_driver(resources)
         frame = _inputs_frame(rows, inputs)
+        copies = [score.build_method(cfg, name, final_epoch) for _ in range(sharing(unit) if by_class else 1)]
         with _threads(unit.threads):
-            seconds = _timed(lambda m=method, f=frame: m.score(f), torch.device("cpu"))
+            seconds = _scoring_seconds(copies, frame)
         rates[f"score.{name}"] = (rate(seconds, 1, "class", unit.device, unit.threads) if by_class
                                   else rate(seconds, len(ids), "row", unit.device, unit.threads))
     driver = placement.score_driver(resources)
@@ -214,8 +246,9 @@ def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resou
 
 def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resources: dict[str, float],
                   load_s: float) -> dict[str, Rate]:
-    """Per step of each target model (its evaluations shared over the grid's mean steps), per
-    trial's start (a fresh interpreter's imports and the data load), and the stage's start."""
+    """Per step of each target model (its evaluations shared over the grid's mean steps; timed
+    with as many trials at once as share this machine), per trial's start (a fresh
+    interpreter's imports and the data load), and the stage's start."""
     unit = placement.trial(cfg, resources)
     device = _device(unit)
     train_ids = np.sort(split.sample_id[split.split == "train"].to_numpy())
@@ -224,13 +257,19 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     mean_steps = float(np.mean([i * per for i, per in steps]))
     mean_evals = float(np.mean([i for i, _ in steps]))
     rates: dict[str, Rate] = {}
+    def trial(target: str, seed: int) -> tuple[float, float]:
+        """One trial's seconds per step and per evaluated test image."""
+        model = prepare_model(build_model(target, datasets.spec), device)
+        batches = retrain.cycle_batches(datasets.batches("train", train_ids, cfg.retrain.batch_size, train=True,
+                                                  shuffle=True, seed=seed))
+        return _steps_seconds(model, batches, cfg, device), _eval_seconds(model, datasets, cfg, device)
+
     with _threads(unit.threads):
         for target in sorted({t.target_model for t in grid}):
-            model = prepare_model(build_model(target, datasets.spec), device)
-            batches = retrain.cycle_batches(datasets.batches("train", train_ids, cfg.retrain.batch_size, train=True,
-                                                      shuffle=True, seed=0))
-            step_s = _steps_seconds(model, batches, cfg, device)
-            eval_s = _eval_seconds(model, datasets, cfg, device) * len(datasets.test)
+            # as many trials at once as share this machine: each one's steps and evaluations timed among them
+            timed = _at_once(functools.partial(trial, target), sharing(unit))
+            step_s = float(np.mean([t[0] for t in timed]))
+            eval_s = float(np.mean([t[1] for t in timed])) * len(datasets.test)
             per_step = step_s + mean_evals * eval_s / max(mean_steps, 1.0)
             rates[f"retrain.{target}.step"] = Rate(per_step, "step", unit.device, unit.threads)
     imports = import_seconds()

@@ -15,7 +15,7 @@ import pytest
 from studies import synthetic_study
 
 from coreset import layout, placement
-from coreset.calibrate import calibrate
+from coreset.calibrate import calibrate, sharing
 from coreset.cli import parse_job_args
 from coreset.data import load_datasets
 from coreset.planning import Counts, format_plan, plan_frame, plan_study
@@ -192,3 +192,11 @@ def test_plan_flags_refused_with_one_line(tmp_path: Path, args: tuple[str, ...],
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "root").exists()
+
+
+def test_calibration_runs_as_many_units_at_once_as_share_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert sharing(placement.Placement(2, 1.0, 0.0, 1)) == 2  # two 1-CPU class tasks on 2 CPUs
+    assert sharing(placement.Placement(8, 1.0, 0.0, 1)) == 2  # a cluster's others run on other nodes
+    assert sharing(placement.Placement(2, 2.0, 0.0, 2)) == 1
+    assert sharing(placement.Placement(4, 1.0, 1.0, 1)) == 1  # a GPU unit has its device to itself
