@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.fail(f"real data not found at {SHARED_DATA}; set CORESET_SHARED_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mnist_rows(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """240 real MNIST training images of classes 0-2 as 7x7 mean-pooled pixel features."""
+    from coreset.data.idx import read_idx
+
+    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")
+    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    keep = np.flatnonzero(labels < 3)[:240]
+    pooled = images[keep].reshape(-1, 7, 4, 7, 4).astype(np.float64).mean(axis=(2, 4)).reshape(-1, 49) / 255
+    return pooled, labels[keep]
 
 
 @pytest.fixture(scope="session")

@@ -155,18 +155,6 @@ def embedding_table(emb: np.ndarray, labels: np.ndarray, epoch: int = 5, seed: i
                          "emb": list(emb.astype(np.float32))}).sample(frac=1.0, random_state=seed)
 
 
-@pytest.fixture(scope="module")
-def mnist_rows(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    """240 real MNIST training images of classes 0-2 as 7x7 mean-pooled pixel features."""
-    from coreset.data.idx import read_idx
-
-    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")
-    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    keep = np.flatnonzero(labels < 3)[:240]
-    pooled = images[keep].reshape(-1, 7, 4, 7, 4).astype(np.float64).mean(axis=(2, 4)).reshape(-1, 49) / 255
-    return pooled, labels[keep]
-
-
 def random_rows() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
     return rng.standard_normal((90, 5)), rng.integers(0, 3, 90)

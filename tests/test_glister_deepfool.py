@@ -131,18 +131,6 @@ def test_glister_matches_the_explicit_vector_reference(n_val: int) -> None:
         assert method.select(frame, fraction, seed=4).tolist() == want  # deterministic
 
 
-@pytest.fixture(scope="module")
-def mnist_rows(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    """240 real MNIST training images of classes 0-2 as 7x7 mean-pooled pixel features."""
-    from coreset.data.idx import read_idx
-
-    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")
-    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    keep = np.flatnonzero(labels < 3)[:240]
-    pooled = images[keep].reshape(-1, 7, 4, 7, 4).astype(np.float64).mean(axis=(2, 4)).reshape(-1, 49) / 255
-    return pooled, labels[keep]
-
-
 def test_glister_on_real_mnist_rows_stops_at_the_largest_fraction(mnist_rows) -> None:
     emb, labels = mnist_rows
     table = glister_table(200, 40, 3, dim=49, seed=3, emb=emb, labels=labels)

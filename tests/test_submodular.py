@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from test_baselines import build, factor_table, mnist_rows, rows_at  # noqa: F401 (a fixture)
+from test_baselines import build, factor_table, rows_at
 
 from coreset.config import load_config
 from coreset.errors import ConfigError
@@ -271,7 +271,7 @@ def test_variants_differ_and_bad_params_are_config_errors() -> None:
         load_config(None, ["score.methods=[log_determinant]", "score.params.log_determinant.variant=x"])
 
 
-def test_on_real_mnist_rows(mnist_rows) -> None:  # noqa: F811 (the fixture imported above)
+def test_on_real_mnist_rows(mnist_rows) -> None:
     """Real MNIST images (7x7 pooled pixels as h; err from a fixed random linear classifier on
     them): facility location, graph cut and log-det follow naive greedy, GRAD-MATCH is OMP."""
     emb, labels = mnist_rows
