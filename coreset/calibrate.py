@@ -176,8 +176,7 @@ def gradient_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, re
     device = _device(unit)
     ids = _class_ids(split)
     piece = ids[: max(1, min(len(ids), STEPS * cfg.gradients.batch_size))]
-    attacks = sorted({i.table_settings for i in (score.build_method(cfg, n, final_epoch).inputs()
-                                                 for n in cfg.score.methods) if i.table == "perturbations"})
+    attacks = score.perturbation_settings(score.configured_inputs(cfg, final_epoch))
     rates: dict[str, Rate] = {}
     with _threads(unit.threads):
         model = prepare_model(build_source_model(cfg, datasets), device)
@@ -234,7 +233,7 @@ def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resou
         by_class = inputs.by_class
         unit = placement.score_unit(resources) if by_class else placement.score_driver(resources)
         frame = _inputs_frame(rows, inputs)
-        copies = [score.build_method(cfg, name, final_epoch) for _ in range(sharing(unit) if by_class else 1)]
+        copies = [method] + [score.build_method(cfg, name, final_epoch) for _ in range(sharing(unit) - 1) if by_class]
         with _threads(unit.threads):
             seconds = _scoring_seconds(copies, frame)
         rates[f"score.{name}"] = (rate(seconds, 1, "class", unit.device, unit.threads) if by_class
@@ -257,6 +256,7 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     mean_steps = float(np.mean([i * per for i, per in steps]))
     mean_evals = float(np.mean([i for i, _ in steps]))
     rates: dict[str, Rate] = {}
+
     def trial(target: str, seed: int) -> tuple[float, float]:
         """One trial's seconds per step and per evaluated test image."""
         model = prepare_model(build_model(target, datasets.spec), device)

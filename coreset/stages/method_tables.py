@@ -39,7 +39,7 @@ def method_tasks(cfg: StudyConfig, final: int, shards: list[np.ndarray], labels:
                  val: pd.Series) -> list[ShardTask]:
     """Every file of the tables the configured methods read (none when none does); ``val``: the
     validation split's labels by sample id, ``labels``: each gradient shard's label range."""
-    readers = {name: score.build_method(cfg, name, final).inputs() for name in cfg.score.methods}
+    readers = score.configured_inputs(cfg, final)
     tasks: list[ShardTask] = []
     if any(i.validation for i in readers.values()):
         if val.empty:
@@ -47,7 +47,7 @@ def method_tasks(cfg: StudyConfig, final: int, shards: list[np.ndarray], labels:
             raise StageError(f"{names} reads the validation split, which data.val_fraction={cfg.data.val_fraction} "
                              f"leaves empty")
         tasks += validation_tasks(labels, val, final)
-    for settings in sorted({i.table_settings for i in readers.values() if i.table == "perturbations"}):
+    for settings in score.perturbation_settings(readers):
         tasks += [ShardTask(final, s, ids, False, "perturbations", settings) for s, ids in enumerate(shards)]
     return tasks
 

@@ -76,6 +76,17 @@ def build_method(cfg: StudyConfig, name: str, final_epoch: int) -> SelectionMeth
     return METHODS.get(name).from_study(cfg.score.method_params(name), context(cfg, final_epoch))
 
 
+def configured_inputs(cfg: StudyConfig, final_epoch: int) -> dict[str, Inputs]:
+    """What each configured method reads, by name: the gradient stage writes the tables beside
+    the gradient table that some of them read (validation factors, DeepFool's perturbations)."""
+    return {name: build_method(cfg, name, final_epoch).inputs() for name in cfg.score.methods}
+
+
+def perturbation_settings(inputs: dict[str, Inputs]) -> list[tuple[tuple[str, Any], ...]]:
+    """The distinct DeepFool attack settings the methods of ``inputs`` read, sorted."""
+    return sorted({i.table_settings for i in inputs.values() if i.table == "perturbations"})
+
+
 def method_settings(cfg: StudyConfig, method: SelectionMethod) -> dict[str, Any]:
     """Everything a method's scores and subsets depend on; a change re-scores that method."""
     s = cfg.score
