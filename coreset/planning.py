@@ -136,8 +136,7 @@ def _final_and_epochs(cfg: StudyConfig, root: StudyRoot) -> tuple[int, int]:
 
 
 def _shards(cfg: StudyConfig, counts: Counts) -> list[np.ndarray]:
-    labels = counts.train
-    return gradients.class_shards(labels.index.to_numpy(), labels.to_numpy(), cfg.gradients.shard_size)
+    return gradients.work_shards(cfg, counts.train)[0]
 
 
 _GRADIENT_UNITS = {("gradients", True): "shard x final checkpoint", ("gradients", False): "shard x factor checkpoint",

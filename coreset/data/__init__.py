@@ -9,6 +9,7 @@ from coreset.config import DataConfig
 from coreset.data.formats import DataError, load_splits, native_size
 from coreset.data.imageset import ImageSet
 from coreset.data.loader import Batches
+from coreset.data.packed import is_pack, train_shards
 from coreset.data.split import probe_ids, split_ids, train_val_split
 from coreset.data.transforms import BatchTransform
 from coreset.models.base import InputSpec
@@ -48,5 +49,13 @@ def load_datasets(cfg: DataConfig) -> Datasets:
     return Datasets(cfg, train, test, native_size(cfg, train))
 
 
+def streamed_shards(cfg: DataConfig) -> list[tuple[int, int]] | None:
+    """``(first, count)`` of the train shards of ``cfg``'s pack when it streams and was cut by
+    class (:func:`coreset.data.packed.train_shards`); ``None`` for every other dataset."""
+    if cfg.name == "synthetic" or not is_pack(cfg.root):
+        return None
+    return train_shards(cfg.root, native_size(cfg), cfg.max_decoded_gb)
+
+
 __all__ = ["Batches", "BatchTransform", "DataError", "Datasets", "ImageSet", "load_datasets", "probe_ids", "split_ids",
-           "train_val_split"]
+           "streamed_shards", "train_val_split"]

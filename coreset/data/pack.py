@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from coreset.data.cut import class_cut, is_sorted
 from coreset.data.decode import decode_image, encode_jpeg, is_jpeg, reason, resize_short_side
 from coreset.data.imageset import ImageSet
 from coreset.errors import DataError
@@ -116,28 +117,35 @@ def pack_source(ds: ImageSet) -> ImageSet:
 
 def plan_pack(cfg_name: str, train: ImageSet, test: ImageSet, settings: PackSettings) -> dict:
     """The plan of a pack: settings, classes, counts and each split's shard ranges (cut on the
-    source images' sizes, so re-encoded shards come out smaller than ``shard_mb``)."""
+    source images' sizes, so re-encoded shards come out smaller than ``shard_mb``). A split
+    sorted by class (a folder) is cut at class boundaries only (``cut: class``), by the rule of
+    the gradient stage's shards, so that stage can take the pack's shards as its work units;
+    others (torchvision's MNIST order) are cut by size alone (``cut: size``)."""
     splits = {}
     for split, ds in zip(SPLITS, (train, test), strict=True):
         files = source_files(ds)
         sizes = np.array([f.stat().st_size for f in files] if files is not None
                          else [ds.images[0].numel()] * len(ds), dtype=np.int64) + _TAR_OVERHEAD
-        splits[split] = {"count": len(ds), "skipped": [list(s) for s in ds.skipped],
-                         "shards": _cut(sizes, int(settings.shard_mb * 1e6))}
+        labels = ds.labels.numpy()
+        cut = "class" if is_sorted(labels) else "size"
+        target = int(settings.shard_mb * 1e6)
+        shards = class_cut(labels, sizes, target) if cut == "class" else _cut(sizes, target)
+        splits[split] = {"count": len(ds), "skipped": [list(s) for s in ds.skipped], "cut": cut,
+                         "shards": [[first, count] for first, count in shards]}
     return {"format": FORMAT, "dataset": cfg_name, "classes": list(train.classes), "channels": train.channels,
             "encoding": settings.encoding(), "shard_mb": settings.shard_mb, "splits": splits}
 
 
-def _cut(sizes: np.ndarray, target: int) -> list[list[int]]:
-    """``[first, count]`` of contiguous ranges of about ``target`` bytes each (at least one image)."""
+def _cut(sizes: np.ndarray, target: int) -> list[tuple[int, int]]:
+    """``(first, count)`` of contiguous ranges of about ``target`` bytes each (at least one image)."""
     ranges, first, acc = [], 0, 0
     for i, size in enumerate(sizes.tolist()):
         if acc and acc + size > target:
-            ranges.append([first, i - first])
+            ranges.append((first, i - first))
             first, acc = i, 0
         acc += size
     if len(sizes):
-        ranges.append([first, len(sizes) - first])
+        ranges.append((first, len(sizes) - first))
     return ranges
 
 

@@ -15,8 +15,10 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,13 +27,33 @@ import torch
 
 from coreset.data.imageset import ImageSet, decode_all
 from coreset.data.pack import FORMAT, MANIFEST, PLAN, SPLITS, member_key
-from coreset.errors import DataError, StorageError
+from coreset.errors import DataError
 from coreset.storage import StudyRoot
 
-__all__ = ["PackedSplit", "is_pack", "load_pack"]
+__all__ = ["PackedSplit", "is_pack", "load_pack", "retried", "train_shards"]
 
 # A group of ids reading at least this fraction of its shard streams the whole shard.
 STREAM_FRACTION = 0.25
+# Pauses before the 2nd and 3rd try of a read that failed with a transient OSError (an object
+# store's 500/503, a reset connection): a few seconds at most, then the job stops naming the file.
+RETRY_PAUSES = (0.5, 2.0)
+T = TypeVar("T")
+
+
+def retried(what: str, read: Callable[[], T]) -> T:
+    """``read()``, tried again after each of :data:`RETRY_PAUSES` when it raises an ``OSError``;
+    the last failure becomes a one-line DataError naming ``what``. A missing file is not retried:
+    the pack's files were checked when it opened, and waiting would not bring one back."""
+    for pause in (*RETRY_PAUSES, None):
+        try:
+            return read()
+        except FileNotFoundError as e:
+            raise DataError(f"cannot read {what}: {e}") from None
+        except OSError as e:
+            if pause is None:
+                raise DataError(f"cannot read {what} ({len(RETRY_PAUSES) + 1} tries): {e}") from None
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def is_pack(root: str) -> bool:
@@ -77,16 +99,15 @@ class PackedSplit:
     def _ranges(self, ids: np.ndarray) -> list[bytes]:
         """Range reads of ``ids`` (one shard) through one open file: on S3 one HEAD, then a GET each."""
         shard = int(self.shard_of[ids[0]])
+        return retried(self.member(int(ids[0])), lambda: self._read_at(shard, ids))
+
+    def _read_at(self, shard: int, ids: np.ndarray) -> list[bytes]:
         out = []
-        try:
-            with self.root.fs.open_input_file(self.root.path(self.shards[shard]["name"])) as f:
-                for i in ids.tolist():
-                    out.append(f.read_at(int(self.sizes[i]), int(self.offsets[i])))
-                    if len(out[-1]) != int(self.sizes[i]):
-                        raise DataError(f"{self.shard_url(shard)} is truncated: sample {i} lies past its end; "
-                                        f"repack it")
-        except OSError as e:
-            raise DataError(f"cannot read {self.member(int(ids[len(out)]))}: {e}") from None
+        with self.root.fs.open_input_file(self.root.path(self.shards[shard]["name"])) as f:
+            for i in ids.tolist():
+                out.append(f.read_at(int(self.sizes[i]), int(self.offsets[i])))
+                if len(out[-1]) != int(self.sizes[i]):
+                    raise DataError(f"{self.shard_url(shard)} is truncated: sample {i} lies past its end; repack it")
         return out
 
     def groups(self, order: Sequence[int]) -> list[np.ndarray]:
@@ -108,16 +129,32 @@ class PackedSplit:
         return [found[int(i)] for i in ids]
 
     def stream(self, shard: int) -> Iterator[tuple[str, bytes]]:
-        """``(key, image bytes)`` of every image of a shard, front to back, one request."""
-        url = self.shard_url(shard)
-        try:
-            with self.root.fs.open_input_stream(self.root.path(self.shards[shard]["name"])) as f, \
-                    tarfile.open(fileobj=f, mode="r|") as tar:
-                for m in tar:
-                    if not m.name.endswith(".cls"):
-                        yield m.name.split(".", 1)[0], tar.extractfile(m).read()  # type: ignore[union-attr]
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"cannot read {url}: {e}; repack it (jobs/pack.py writes only missing shards)") from None
+        """``(key, image bytes)`` of every image of a shard, front to back, one request; a
+        transient read error re-opens the shard (at most :data:`RETRY_PAUSES` times) and
+        skips the images already given."""
+        url, given = self.shard_url(shard), 0
+        for pause in (*RETRY_PAUSES, None):
+            try:
+                for member in self._members(shard, given):
+                    yield member
+                    given += 1
+                return
+            except (tarfile.TarError, EOFError, FileNotFoundError) as e:
+                raise DataError(f"cannot read {url}: {e}; repack it (jobs/pack.py writes only missing shards)") \
+                    from None
+            except OSError as e:
+                if pause is None:
+                    raise DataError(f"cannot read {url} ({len(RETRY_PAUSES) + 1} tries): {e}") from None
+                time.sleep(pause)
+
+    def _members(self, shard: int, skip: int) -> Iterator[tuple[str, bytes]]:
+        """The images of a shard after its first ``skip``, read in one request."""
+        with self.root.fs.open_input_stream(self.root.path(self.shards[shard]["name"])) as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
+            images = (m for m in tar if not m.name.endswith(".cls"))
+            for k, m in enumerate(images):
+                if k >= skip:
+                    yield m.name.split(".", 1)[0], tar.extractfile(m).read()  # type: ignore[union-attr]
 
 
 def _in_order(pack: PackedSplit, count: int) -> Iterator[bytes]:
@@ -142,20 +179,37 @@ def load_pack(name: str, uri: str, size: int, max_decoded_gb: float) -> tuple[Im
                         f"or data.root")
     _check_shards(root, manifest)
     channels, classes = int(manifest["channels"]), list(manifest["classes"])
-    counts = sum(manifest["splits"][s]["count"] for s in SPLITS)
-    decoded = counts * channels * size * size / 1e9 <= max_decoded_gb
+    decoded = _decodes(manifest, size, max_decoded_gb)
     return tuple(_split(root, manifest, split, channels, classes, size, decoded) for split in SPLITS)  # type: ignore[return-value]
 
 
+def _decodes(manifest: dict, size: int, max_decoded_gb: float) -> bool:
+    """Whether the pack is small enough to be decoded into memory at ``size`` px."""
+    counts = sum(manifest["splits"][s]["count"] for s in SPLITS)
+    return counts * int(manifest["channels"]) * size * size / 1e9 <= max_decoded_gb
+
+
+def train_shards(uri: str, size: int, max_decoded_gb: float) -> list[tuple[int, int]] | None:
+    """``(first, count)`` of each train shard of the pack at ``uri`` when it streams (too large to
+    decode at ``size`` px) and was cut by class: then the gradient stage computes one pack shard
+    per work unit, each read front to back in one request. ``None`` otherwise (the stage cuts
+    its own class shards: a decoded pack is in memory, a size-cut one splits classes)."""
+    manifest = _manifest(StudyRoot(uri))
+    info = manifest["splits"]["train"]
+    if _decodes(manifest, size, max_decoded_gb) or info.get("cut") != "class":
+        return None
+    return [(int(s["first"]), int(s["count"])) for s in info["shards"]]
+
+
 def _manifest(root: StudyRoot) -> dict:
-    if not root.exists(MANIFEST):
+    if not retried(root.url(MANIFEST), lambda: root.exists(MANIFEST)):
         if root.exists(PLAN):
             raise DataError(f"the pack at {root.url()} is unfinished (no {MANIFEST}); rerun jobs/pack.py "
                             f"with the same --out to write the missing shards")
         raise DataError(f"{root.url()} holds no pack ({MANIFEST} not found); write one with jobs/pack.py "
                         f"or set data.root to a dataset folder")
     try:
-        manifest = json.loads(root.read_bytes(MANIFEST))
+        manifest = json.loads(_read(root, MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{root.url(MANIFEST)} is not a pack manifest: {e}") from None
     if manifest.get("format") != FORMAT:
@@ -163,12 +217,17 @@ def _manifest(root: StudyRoot) -> dict:
     return manifest
 
 
+def _read(root: StudyRoot, rel: str) -> bytes:
+    """A whole small file of the pack (its manifest, an index), transient errors retried."""
+    def read() -> bytes:
+        with root.fs.open_input_stream(root.path(rel)) as f:
+            return f.read()
+    return retried(root.url(rel), read)
+
+
 def _check_shards(root: StudyRoot, manifest: dict) -> None:
     """Every shard present at its recorded size (one listing of the pack's folder)."""
-    try:
-        listing = root.fs.get_file_info(pafs.FileSelector(root.path(""), recursive=False))
-    except OSError as e:
-        raise StorageError(f"cannot list {root.url()}: {e}") from None
+    listing = retried(root.url(), lambda: root.fs.get_file_info(pafs.FileSelector(root.path(""), recursive=False)))
     found = {i.base_name: i.size for i in listing}
     for split in SPLITS:
         for shard in manifest["splits"][split]["shards"]:
@@ -184,7 +243,7 @@ def _check_shards(root: StudyRoot, manifest: dict) -> None:
 def _split(root: StudyRoot, manifest: dict, split: str, channels: int, classes: list[str], size: int,
            decoded: bool) -> ImageSet:
     info = manifest["splits"][split]
-    index = pd.read_parquet(io.BytesIO(root.read_bytes(info["index"])))
+    index = pd.read_parquet(io.BytesIO(_read(root, info["index"])))
     if len(index) != info["count"] or not np.array_equal(index.sample_id.to_numpy(), np.arange(info["count"])):
         raise DataError(f"{root.url(info['index'])} does not list samples 0..{info['count'] - 1}; repack")
     pack = PackedSplit(root.uri, split, list(info["shards"]), index.shard.to_numpy(np.int64),

@@ -23,7 +23,8 @@ import torch
 
 from coreset import layout
 from coreset.config import GradientsConfig, StudyConfig
-from coreset.data import Datasets
+from coreset.data import Datasets, streamed_shards
+from coreset.data.cut import class_cut
 from coreset.errors import StageError
 from coreset.gradients import GradientSpec, PerSampleGradients, batch_bound
 from coreset.models import Classifier
@@ -81,10 +82,10 @@ def table_tasks(cfg: StudyConfig, split: pd.DataFrame, final: int, epochs_run: i
     tables' manifests (by path): what the plan compares with the root, and ``--plan`` counts."""
     train = split[split.split == "train"].set_index("sample_id").label
     val = split[split.split == "val"].set_index("sample_id").label
-    shards = class_shards(train.index.to_numpy(), train.to_numpy(), cfg.gradients.shard_size)
+    shards, kind = work_shards(cfg, train)
     labels = shard_labels(shards, train)
     tasks = shard_tasks(shards, final, cfg.gradients.factor_epochs, epochs_run)
-    wanted = manifest(cfg.gradients, tasks, len(train), labels)
+    wanted = manifest(cfg.gradients, tasks, len(train), labels, kind)
     extra = method_tasks(cfg, final, shards, labels, val)
     return tasks + extra, wanted, manifests(cfg, extra)
 
@@ -106,6 +107,20 @@ def final_epoch(cfg: GradientsConfig, source: SourceResult) -> int:
     return epoch
 
 
+def work_shards(cfg: StudyConfig, train: pd.Series) -> tuple[list[np.ndarray], str]:
+    """The stage's shards of the train ids (``train``: label by sample id) and their layout. A
+    pack that streams and was cut by class gives its own shards (``pack_shards``): each shard's
+    train ids, val ids left out, so a worker reads its pack shard front to back in one request;
+    they obey the rule of :func:`class_shards` (the pack was cut by it, in bytes). Every other
+    dataset gets :func:`class_shards` of ``gradients.shard_size`` rows."""
+    pack = streamed_shards(cfg.data)
+    if pack is None:
+        return class_shards(train.index.to_numpy(), train.to_numpy(), cfg.gradients.shard_size), "class_shards"
+    ids = np.sort(train.index.to_numpy(np.int64))
+    parts = [ids[np.searchsorted(ids, first): np.searchsorted(ids, first + count)] for first, count in pack]
+    return [p for p in parts if len(p)], "pack_shards"
+
+
 def class_shards(train_ids: np.ndarray, labels: np.ndarray, shard_size: int) -> list[np.ndarray]:
     """The train ids cut into shards of whole classes: classes in label order are packed into a
     shard while they fit in ``shard_size`` rows; a larger class gets shards of its own. So the
@@ -115,25 +130,7 @@ def class_shards(train_ids: np.ndarray, labels: np.ndarray, shard_size: int) -> 
     ids, labels = np.asarray(train_ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     order = np.lexsort((ids, labels))
     ids, labels = ids[order], labels[order]
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    bounds = np.r_[starts, len(ids)]
-    shards: list[np.ndarray] = []
-    current: list[np.ndarray] = []
-    filled = 0
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        n = hi - lo
-        if current and filled + n > shard_size:
-            shards.append(np.sort(np.concatenate(current)))
-            current, filled = [], 0
-        if n > shard_size:  # a class of its own, cut into near-equal parts
-            parts = -(-n // shard_size)
-            shards.extend(np.sort(part) for part in np.array_split(ids[lo:hi], parts))
-            continue
-        current.append(ids[lo:hi])
-        filled += n
-    if current:
-        shards.append(np.sort(np.concatenate(current)))
-    return shards
+    return [np.sort(ids[first: first + count]) for first, count in class_cut(labels, np.ones(len(ids)), shard_size)]
 
 
 def shard_tasks(shards: list[np.ndarray], final: int, factor_epochs: tuple[int, ...],
@@ -151,12 +148,15 @@ def shard_labels(shards: list[np.ndarray], label_of: pd.Series) -> list[list[int
     return [[int(label_of.loc[part[0]]), int(label_of.loc[part].max())] for part in shards]
 
 
-def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int, labels: list[list[int]]) -> dict[str, object]:
+def manifest(cfg: GradientsConfig, tasks: list[ShardTask], n: int, labels: list[list[int]],
+             kind: str = "class_shards") -> dict[str, object]:
     """What a finished table was computed with; a re-run with other settings is refused.
-    ``shard_labels`` says which classes each shard holds (the same for every epoch)."""
+    ``shard_labels`` says which classes each shard holds (the same for every epoch); ``kind``
+    is the layout (:func:`work_shards`: a pack's shards do not depend on ``shard_size``)."""
     final = next(t.epoch for t in tasks if t.final)
+    size = cfg.shard_size if kind == "class_shards" else None
     return {"rows_per_epoch": n, "epochs": sorted({t.epoch for t in tasks}), "final_epoch": final,
-            "shards_per_epoch": len({t.shard for t in tasks}), "shard_size": cfg.shard_size, "layout": "class_shards",
+            "shards_per_epoch": len({t.shard for t in tasks}), "shard_size": size, "layout": kind,
             "shard_labels": labels, "norms": list(cfg.norms), "groups": list(cfg.groups),
             "factor_dtype": cfg.factor_dtype}
 
