@@ -62,7 +62,7 @@ def test_pack_is_webdataset_tar_in_sample_order_with_index_and_manifest(tiny: tu
     folder, pack, _ = tiny
     manifest = json.loads((pack / "manifest.json").read_text())
     assert manifest["encoding"] == {"kind": "original"} and manifest["splits"]["train"]["count"] == 60
-    assert len(manifest["splits"]["train"]["shards"]) >= 3
+    assert len(manifest["splits"]["train"]["shards"]) >= 3 and manifest["splits"]["train"]["cut"] == "class"
     files = images(folder)
     index = pd.read_parquet(pack / "train-index.parquet")
     assert list(index.columns) == ["sample_id", "label", "path", "shard", "offset", "size"]
@@ -113,9 +113,11 @@ def test_pack_gives_the_folders_split_ids_pixels_and_gradients(tiny: tuple[Path,
     model = build_model("cnn5", from_folder.spec).eval()
     task = ShardTask(epoch=1, shard=0, ids=np.arange(0, 60, 2), final=True)
     grads = GradientsConfig(norms=("l1", "l2"), groups=("last", "all"), batch_size=8, factor_dtype="float32")
+    streaming = load_datasets(_cfg(pack, cache, max_decoded_gb=0.0, loader_workers=0))  # read shard by shard
     table = {name: compute_shard(model, ds, task, grads, torch.device("cpu")).to_pandas()
-             for name, ds in (("folder", from_folder), ("pack", from_pack))}
+             for name, ds in (("folder", from_folder), ("pack", from_pack), ("streaming", streaming))}
     pd.testing.assert_frame_equal(table["folder"], table["pack"])
+    pd.testing.assert_frame_equal(table["folder"], table["streaming"])
 
 
 def test_large_pack_streams_shards_like_the_folder_streams_files(tiny: tuple[Path, Path, Path]) -> None:
@@ -125,11 +127,15 @@ def test_large_pack_streams_shards_like_the_folder_streams_files(tiny: tuple[Pat
     assert from_pack.train.pack is not None and not from_pack.train.in_memory
     _equal_sets(from_folder, from_pack)
     for ids, kw in ((None, {}), (np.arange(0, 60, 7), {}),  # whole shards streamed; a few range reads
-                    (None, {"train": True, "shuffle": True, "seed": 3})):  # a shuffled epoch: range reads
+                    (np.arange(0, 60, 7), {"train": True, "shuffle": True, "seed": 3})):  # a shuffled subset: ranges
         a, b = (list(ds.batches("train", ids, 8, **kw)) for ds in (from_folder, from_pack))
         assert len(a) == len(b)
         for (xa, ya, ia), (xb, yb, ib) in zip(a, b, strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    folder_x = torch.cat([x for x, _, _ in from_folder.batches("train", None, 8)])
+    shuffled = list(from_pack.batches("train", None, 8, shuffle=True, seed=3))  # shards through the shuffle buffer
+    ids, x = torch.cat([i for _, _, i in shuffled]), torch.cat([x for x, _, _ in shuffled])
+    assert torch.equal(ids.sort().values, torch.arange(60)) and torch.equal(x[ids.argsort()], folder_x)
 
 
 def test_missing_or_truncated_shard_stops_naming_it(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:

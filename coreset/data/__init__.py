@@ -38,7 +38,8 @@ class Datasets:
         if ids is None:
             ids = np.arange(len(ds))
         return Batches(ds, ids, batch_size, self.transform(), train=train, shuffle=shuffle, seed=seed,
-                       rank=rank, world=world, loader_workers=self.config.loader_workers)
+                       rank=rank, world=world, loader_workers=self.config.loader_workers,
+                       shuffle_buffer=self.config.shuffle_buffer)
 
 
 def load_datasets(cfg: DataConfig) -> Datasets:

@@ -3,13 +3,14 @@
 One class serves training (shuffled, augmented, sharded across data-parallel ranks),
 evaluation and the gradient stage (ordered, no augmentation). Decoded datasets are
 sliced directly from memory; file-backed and packed ones go through a torch DataLoader
-whose workers decode JPEGs (a packed set read in order: shard by shard); an image they
-cannot decode stops the run with a one-line :class:`DataError` naming it (not a worker
-traceback).
+whose workers decode JPEGs (a packed set read in order: shard by shard; a shuffled epoch
+over most of a pack: whole shards in a seeded order, mixed through a shuffle buffer); an
+image they cannot decode stops the run with a one-line :class:`DataError` naming it (not a
+worker traceback).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from coreset.data.decode import decode_image, resize_center_crop
 from coreset.data.imageset import DataError, ImageSet
+from coreset.data.packed import STREAM_FRACTION
 from coreset.data.transforms import BatchTransform
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -28,11 +30,18 @@ class Batches:
     ``shuffle`` draws a new permutation each epoch from ``(seed, epoch)``, identical on
     every rank; rank ``r`` of ``world`` takes every ``world``-th id of it, truncated so
     all ranks run the same number of steps (a DDP requirement).
+
+    A packed set streams instead when the ids are a large part of the shards holding them
+    (:func:`_streams`): each epoch permutes those shards (seeded by ``(seed, epoch)``), rank
+    ``r`` takes the ``r``-th of ``world`` contiguous equal parts of that image stream, loader
+    workers read and decode whole shards (one request each) and this process draws every batch
+    from a buffer of ``shuffle_buffer`` images with a generator of ``(seed, epoch, rank)``.
+    The DataLoader hands the shards over in order, so the batches do not depend on worker timing.
     """
 
     def __init__(self, dataset: ImageSet, ids: Sequence[int] | np.ndarray | torch.Tensor, batch_size: int,
                  transform: BatchTransform, train: bool = False, shuffle: bool = False, seed: int = 0,
-                 rank: int = 0, world: int = 1, loader_workers: int = 2) -> None:
+                 rank: int = 0, world: int = 1, loader_workers: int = 2, shuffle_buffer: int = 10_000) -> None:
         self.dataset = dataset
         self.ids = torch.as_tensor(np.array(ids, dtype=np.int64))
         if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= len(dataset)):
@@ -44,6 +53,7 @@ class Batches:
         self.seed = seed
         self.rank, self.world = rank, world
         self.loader_workers = loader_workers
+        self.shuffle_buffer = shuffle_buffer
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,9 +73,38 @@ class Batches:
         n = len(self.ids) // self.world if self.world > 1 else len(self.ids)
         return (n + self.batch_size - 1) // self.batch_size
 
+    def _streams(self) -> bool:
+        """Whether a shuffled epoch streams whole shards: a pack, and the ids at least
+        ``STREAM_FRACTION`` of the shards that hold them (a small subset of a large pack keeps
+        its range reads: streaming would read mostly images it does not want)."""
+        pack = self.dataset.pack
+        if pack is None or not self.shuffle or not len(self.ids):
+            return False
+        held = np.unique(pack.shard_of[self.ids.numpy()])
+        return len(self.ids) >= STREAM_FRACTION * sum(pack.shards[k]["count"] for k in held.tolist())
+
+    def _shard_pieces(self) -> list[np.ndarray]:
+        """This rank's part of the epoch's stream, as runs of ids within one shard: the shards
+        holding the ids in a seeded order (the same on every rank), each shard's ids in sample
+        order (the order a stream reads them), cut into ``world`` contiguous parts of
+        ``len(ids) // world`` images."""
+        pack = self.dataset.pack
+        assert pack is not None
+        groups = pack.groups(np.sort(self.ids.numpy()))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        stream = np.concatenate([groups[k] for k in torch.randperm(len(groups), generator=g).tolist()])
+        if self.world > 1:
+            per_rank = len(stream) // self.world
+            stream = stream[self.rank * per_rank: (self.rank + 1) * per_rank]
+        return pack.groups(stream)
+
     def __iter__(self) -> Iterator[Batch]:
-        order = self._order()
         g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch * 31 + self.rank)
+        if self._streams():
+            yield from self._checked(self._buffered(self._loaded(_Groups(self.dataset, self.transform.size,
+                                                                         self._shard_pieces()))), g)
+            return
+        order = self._order()
         if self.dataset.in_memory:
             assert self.dataset.images is not None
             for start in range(0, len(order), self.batch_size):
@@ -73,12 +112,52 @@ class Batches:
                 x = self.transform(self.dataset.images[ids], self.train, g)
                 yield x, self.dataset.labels[ids], ids
             return
-        for images, labels, ids, ok in self._decoded(order):
+        yield from self._checked(self._decoded(order), g)
+
+    def _checked(self, decoded: Iterator[tuple[torch.Tensor, ...]], g: torch.Generator) -> Iterator[Batch]:
+        """Decoded batches augmented by ``transform``; a batch with an image that did not decode stops the run."""
+        for images, labels, ids, ok in decoded:
             if not bool(ok.all()):
                 raise DataError(f"{self._unreadable(int(ids[~ok][0]))}; file-backed datasets check only image "
                                 f"headers when they load, so data.corrupt=skip cannot leave it out now: repair or "
                                 f"remove the file (removing renumbers sample ids: use a new --root)")
             yield self.transform(images, self.train, g), labels, ids
+
+    def _context(self) -> str | None:
+        """A forked S3 client hangs: loader workers of a remote pack start fresh (spawn)."""
+        pack = self.dataset.pack
+        return "spawn" if pack is not None and "://" in pack.uri and self.loader_workers else None
+
+    def _loaded(self, groups: _Groups, pin: bool = False) -> DataLoader:
+        """The groups decoded by loader workers, handed over in order whatever the workers' timing."""
+        return DataLoader(groups, batch_size=None, num_workers=self.loader_workers,
+                          multiprocessing_context=self._context(), pin_memory=pin)
+
+    def _buffered(self, groups: Iterable[tuple[torch.Tensor, ...]]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches drawn at random from a buffer of ``shuffle_buffer`` images fed by ``groups``
+        in order: a batch is taken whenever the buffer holds ``shuffle_buffer + batch_size``, its
+        slots refilled from the buffer's tail (each batch moves O(batch) images, never the
+        buffer); what is left at the end goes out in a random order."""
+        g = torch.Generator().manual_seed(self.seed * 104_729 + self.epoch * 37 + self.rank)
+        cap = min(self.shuffle_buffer + self.batch_size, len(self.ids) // self.world)
+        pool: list[torch.Tensor] = []
+        held = 0
+        for group in groups:
+            if not pool:
+                pool = [torch.empty((cap, *t.shape[1:]), dtype=t.dtype) for t in group]
+            done = 0
+            while done < len(group[2]):
+                take = min(cap - held, len(group[2]) - done)
+                for p, t in zip(pool, group, strict=True):
+                    p[held: held + take] = t[done: done + take]
+                held, done = held + take, done + take
+                if held == cap:
+                    slots = torch.randperm(cap, generator=g)[: self.batch_size]
+                    yield _draw(pool, slots)
+                    held -= len(slots)
+        rest = torch.randperm(held, generator=g)
+        for start in range(0, held, self.batch_size):
+            yield tuple(p[rest[start: start + self.batch_size]] for p in pool)
 
     def _decoded(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches of ``(images, labels, ids, ok)`` decoded by loader workers. A packed set read
@@ -86,17 +165,13 @@ class Batches:
         a shard), re-cut into batches here; otherwise each worker reads one image at a time."""
         pack = self.dataset.pack
         pin = torch.cuda.is_available()
-        # A forked S3 client hangs: loader workers of a remote pack start fresh (spawn).
-        context = "spawn" if pack is not None and "://" in pack.uri and self.loader_workers else None
         if pack is None or self.shuffle:
             yield from DataLoader(_Decoded(self.dataset, self.transform.size), batch_size=self.batch_size,
                                   sampler=order.tolist(), collate_fn=_as_batch, num_workers=self.loader_workers,
-                                  multiprocessing_context=context, persistent_workers=False, pin_memory=pin)
+                                  multiprocessing_context=self._context(), persistent_workers=False, pin_memory=pin)
             return
-        groups = _Groups(self.dataset, self.transform.size, pack.groups(order.numpy()))
         pending: list[tuple[torch.Tensor, ...]] = []
-        for group in DataLoader(groups, batch_size=None, num_workers=self.loader_workers,
-                                multiprocessing_context=context, pin_memory=pin):
+        for group in self._loaded(_Groups(self.dataset, self.transform.size, pack.groups(order.numpy())), pin):
             pending.append(group)
             while pending and sum(len(g[2]) for g in pending) >= self.batch_size:
                 joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
@@ -162,6 +237,20 @@ class _Decoded(Dataset):
                 ok[k] = False
         ids = torch.as_tensor(indices, dtype=torch.int64)
         return images, self.dataset.labels[ids], ids, ok
+
+
+def _draw(pool: list[torch.Tensor], slots: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The images at ``slots`` of a full buffer, taken out: the buffer's last ``len(slots)`` rows
+    move into the taken slots below them, so its first rows stay the ones held."""
+    cap, n = len(pool[0]), len(slots)
+    out = tuple(p[slots] for p in pool)
+    tail = torch.zeros(cap, dtype=torch.bool)
+    tail[slots] = True
+    holes = slots[slots < cap - n]
+    movers = torch.arange(cap - n, cap)[~tail[cap - n:]]
+    for p in pool:
+        p[holes] = p[movers]
+    return out
 
 
 def _as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
