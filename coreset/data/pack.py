@@ -9,8 +9,9 @@ WebDataset reader can read it, and one sequential request reads a shard. Beside 
 
 * ``<split>-index.parquet``: ``sample_id, label, path, shard, offset, size`` (where each
   image's bytes lie: range reads of a few images need no whole shard);
-* ``manifest.json``: format, dataset, class names, counts, the encoding, the shards and
-  their byte sizes. It is written last: a pack without it is unfinished.
+* ``manifest.json``: format, dataset, class names, counts, the encoding, how each split was
+  cut (``class`` or ``size``, :func:`plan_pack`), the shards and their byte sizes. It is
+  written last: a pack without it is unfinished.
 
 Resuming: each shard's index part (``_index/<shard>.parquet``) is written after its shard,
 so a shard counts as done only when its part exists; a rerun (``_plan.json`` must match)

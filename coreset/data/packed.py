@@ -4,10 +4,12 @@ A pack is opened from its manifest and indexes, and every shard is checked again
 manifest's byte sizes with one listing, so a missing or truncated shard stops the job at
 start with one line naming it. Packs small enough to decode (``data.max_decoded_gb``) are
 streamed once, each shard front to back in one request, and held decoded like a small
-folder; larger ones stay packed and are read per batch: whole shards in order where a
-batch run reads most of a shard (the gradient stage), range reads at the index's offsets
-for a few images (a small subset, a shuffled epoch). Images decode through the project's
-one decode path, so a pack gives the folder's pixels.
+folder; larger ones stay packed and are read per batch: whole shards where a batch run
+reads most of a shard (the gradient stage in order, a shuffled epoch in a seeded shard
+order: :class:`coreset.data.loader.Batches`), range reads at the index's offsets for a few
+images (a small subset). Transient read errors are retried a bounded number of times
+(:func:`retried`). Images decode through the project's one decode path, so a pack gives the
+folder's pixels.
 """
 from __future__ import annotations
 
