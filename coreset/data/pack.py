@@ -36,7 +36,7 @@ from coreset.errors import DataError
 from coreset.storage import StudyRoot
 
 __all__ = ["FORMAT", "MANIFEST", "PackSettings", "ShardWork", "finish_pack", "index_name", "member_key",
-           "pack_source", "plan_pack", "shard_name", "start_pack", "write_shard"]
+           "pack_source", "plan_pack", "shard_name", "start_pack", "write_pack", "write_shard"]
 
 FORMAT = "coreset-pack/1"
 MANIFEST = "manifest.json"
@@ -254,3 +254,13 @@ def finish_pack(out: StudyRoot, plan: dict) -> dict:
     out.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
+
+
+def write_pack(name: str, train: ImageSet, test: ImageSet, out: StudyRoot, settings: PackSettings) -> dict:
+    """The whole pack in this process, shard after shard (tests, benchmarks): the pack job runs
+    the same steps with each shard a Ray task. Resumes like it; returns the manifest."""
+    sources = {"train": pack_source(train), "test": pack_source(test)}
+    plan = plan_pack(name, sources["train"], sources["test"], settings)
+    for work in start_pack(out, plan):
+        write_shard(out, sources[work.split], work, settings)
+    return finish_pack(out, plan)
