@@ -130,10 +130,23 @@ def test_data_smoke(shared_data: Path, tmp_path: Path) -> None:
     assert packed.into.tolist() == ["disk", "s3"] and (packed.images == 70).all() and (packed.shards > 2).all()
 
 
+@pytest.mark.slow  # one CIFAR-shaped class through the gradient code and two methods: ~30 s
+def test_methods_smoke(tmp_path: Path) -> None:
+    proc = run("methods.py", "--shapes", "cifar", "--methods", "max_gradient", "gradsimcore", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(tmp_path / "methods.parquet").set_index("method")
+    assert list(table.columns) == ["shape", "by_class", "rows_per_class", "classes", "seconds_per_class",
+                                   "seconds_per_row", "projected_s"]
+    assert table.by_class.to_dict() == {"max_gradient": False, "gradsimcore": True}
+    assert (table.rows_per_class == 4500).all() and (table.classes == 10).all()
+    assert (table.projected_s == table.seconds_per_class * 10).all() and (table.seconds_per_class > 0).all()
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("gradients.py", ["--models", "no_such_model"], "unknown model no_such_model"),
     ("ray_overhead.py", ["--config", "jobs/configs/mnist.yaml", "--root", "{tmp}/missing"],
      "no finished source training"),
+    ("methods.py", ["--methods", "no_such_method"], "unknown method no_such_method"),
 ])
 def test_bad_input_is_one_line(script: str, args: list[str], message: str, tmp_path: Path) -> None:
     proc = run(script, *(a.replace("{tmp}", str(tmp_path)) for a in args))
