@@ -18,14 +18,17 @@ import torch
 from conftest import REPO
 from folders import images, tiny_folder, truncate
 
+from coreset import layout
 from coreset.config import DataConfig, GradientsConfig, StudyConfig
 from coreset.data import DataError, Datasets, load_datasets
 from coreset.data.decode import decode_image
 from coreset.data.formats import load_splits
+from coreset.data.gather import SubsetBatches
 from coreset.data.pack import PackSettings, finish_pack, pack_source, plan_pack, start_pack, write_shard
+from coreset.data.packed import PackedSplit
 from coreset.models import build_model
 from coreset.stages.gradients import ShardTask, compute_shard
-from coreset.stages.train import check_study_data, load_split
+from coreset.stages.train import check_study_data, load_split, record_missing_data_source
 from coreset.storage import StudyRoot
 
 SHARD_MB = 0.03  # ~15 Tiny-ImageNet JPEGs a shard: several shards per split
@@ -223,3 +226,148 @@ def test_reencoded_pack_records_its_encoding_and_smaller_images(tiny: tuple[Path
         assert decode_image(tar.extractfile("00000000.jpg").read(), 3).shape == (3, 32, 32)  # type: ignore[union-attr]
     small = load_datasets(dataclasses.replace(_cfg(tmp_path / "pack", cache), image_size=32))
     assert small.train.images.shape == (60, 3, 32, 32)
+
+
+@pytest.fixture
+def pack_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URI of every read of a pack's shards (whole-shard streams and range reads)."""
+    reads: list[str] = []
+    stream, ranges = PackedSplit.stream, PackedSplit._ranges
+
+    def counted_stream(self: PackedSplit, shard: int):
+        reads.append(self.uri)
+        return stream(self, shard)
+
+    def counted_ranges(self: PackedSplit, ids: np.ndarray) -> list[bytes]:
+        reads.append(self.uri)
+        return ranges(self, ids)
+
+    monkeypatch.setattr(PackedSplit, "stream", counted_stream)
+    monkeypatch.setattr(PackedSplit, "_ranges", counted_ranges)
+    return reads
+
+
+def test_a_decoded_pack_is_decoded_once_per_machine_for_every_copy(tiny: tuple[Path, Path, Path], tmp_path: Path,
+                                                                   pack_reads: list[str]) -> None:
+    folder, pack, _ = tiny
+    cache = tmp_path / "cache"
+    first = load_datasets(_cfg(pack, cache))
+    assert len(pack_reads) == len(json.loads((pack / "manifest.json").read_text())["splits"]["train"]["shards"]) \
+        + len(json.loads((pack / "manifest.json").read_text())["splits"]["test"]["shards"])
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(pack), str(copy)], check=True)
+    pack_reads.clear()
+    again = load_datasets(_cfg(copy, cache))  # another copy of the same pack: the same cache entry
+    assert pack_reads == []
+    assert torch.equal(first.train.images, again.train.images) and torch.equal(first.test.images, again.test.images)
+    assert torch.equal(again.train.images, load_datasets(_cfg(folder, cache)).train.images)
+    load_datasets(dataclasses.replace(_cfg(copy, cache), image_size=32))  # another size: decoded again
+    assert pack_reads
+
+
+def _streaming(root: Path, cache: Path, max_decoded_gb: float = 0.0) -> Datasets:
+    return load_datasets(_cfg(root, cache, max_decoded_gb=max_decoded_gb, loader_workers=0))
+
+
+def _entries(cache: Path) -> list[Path]:
+    """The gathered subsets in the cache (a decoded one has its unreadable list beside it)."""
+    return [p for p in (cache / "subsets").iterdir() if p.suffix in (".npy", ".tar")]
+
+
+@pytest.mark.parametrize("max_decoded_gb", [0.0, 5e-4], ids=["bytes", "decoded"])
+def test_a_subset_of_a_streaming_pack_is_gathered_once_into_the_cache(
+        tiny: tuple[Path, Path, Path], tmp_path: Path, pack_reads: list[str], max_decoded_gb: float) -> None:
+    """5e-4 GB: the whole pack (0.9 MB decoded) streams, a 9-image subset (0.1 MB) is held decoded."""
+    folder, pack, _ = tiny
+    cache = tmp_path / "cache"
+    ids = np.arange(1, 60, 7)
+    folder_set, packed = load_datasets(_cfg(folder, cache)), _streaming(pack, cache, max_decoded_gb)
+    assert packed.train.pack is not None and pack_reads == []
+    uri = packed.train.pack.uri
+
+    def from_pack() -> list[str]:  # (a gathered tar is read through PackedSplit too)
+        return [u for u in pack_reads if u == uri]
+
+    epochs = []
+    for trial in range(2):  # two trials of the subset (another seed: the same images)
+        batches = packed.subset_batches(ids, 4, train=True, shuffle=True, seed=5)
+        assert isinstance(batches, SubsetBatches) and batches.dataset.in_memory == (max_decoded_gb > 0)
+        epochs.append([])
+        for epoch in (1, 2):
+            batches.set_epoch(epoch)
+            epochs[-1] += list(batches)
+        if trial == 0:
+            assert from_pack(), "the first trial read nothing from the pack"
+            pack_reads.clear()
+    assert from_pack() == [] and len(_entries(cache)) == 1  # the second read only the cache
+    expected = folder_set.batches("train", ids, 4, train=True, shuffle=True, seed=5)
+    want = []
+    for epoch in (1, 2):
+        expected.set_epoch(epoch)
+        want += list(expected)
+    for got in epochs:  # the folder's pixels, labels and ids, in the same shuffled batches
+        assert len(got) == len(want)
+        for (xa, ya, ia), (xb, yb, ib) in zip(got, want, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    ordered = next(iter(packed.subset_batches(ids, len(ids))))
+    assert torch.equal(ordered[0], folder_set.transform()(folder_set.train.images[ids], False, torch.Generator()))
+    packed.subset_batches(ids[1:], 4)  # other ids: another entry
+    assert from_pack() and len(_entries(cache)) == 2
+
+
+def test_a_large_subset_or_a_folder_is_not_gathered(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, pack, _ = tiny
+    assert not isinstance(_streaming(pack, tmp_path).subset_batches(np.arange(40), 4), SubsetBatches)
+    assert not isinstance(_streaming(folder, tmp_path).subset_batches(np.arange(4), 4), SubsetBatches)
+    assert not (tmp_path / "subsets").exists()
+
+
+def _started(root: Path, data: DataConfig) -> tuple[StudyConfig, StudyRoot]:
+    """A study root whose source training recorded the split and the data source of ``data``."""
+    study, study_root = StudyConfig(name="t", data=data), StudyRoot(str(root))
+    load_split(study, study_root, load_datasets(data))
+    return study, study_root
+
+
+def test_a_study_moves_to_a_pack_of_its_original_bytes_and_refuses_other_data(
+        shared_data: Path, tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, pack, cache = tiny
+    study, root = _started(tmp_path / "root", _cfg(folder, cache))
+    recorded = json.loads((tmp_path / "root" / layout.DATA_SOURCE).read_text())
+    assert recorded["kind"] == "folder" and recorded["encoding"] == {"kind": "original"}
+    assert recorded["counts"] == {"train": 60, "test": 15}
+    for data in (_cfg(pack, cache), _cfg(pack, cache, max_decoded_gb=0.0)):  # the migration: same answers
+        check_study_data(dataclasses.replace(study, data=data), root, load_datasets(data))
+    pack_here(_cfg(folder, cache), tmp_path / "q90", PackSettings(shard_mb=SHARD_MB, short_side=48, quality=90))
+    with pytest.raises(DataError, match=f"^data.root is a pack of imagefolder re-encoded at short side 48 q90 at "
+                                        f"{tmp_path / 'q90'}, but this study was started from the original images "
+                                        f"of imagefolder in {folder} .*; use the data it was started with or a new "
+                                        f"--root$"):
+        check_study_data(study, root, load_datasets(_cfg(tmp_path / "q90", cache)))
+    other = tiny_folder(shared_data, tmp_path / "other", classes=3, train=20, val=5)
+    study_of_other, root_of_other = _started(tmp_path / "root2", _cfg(other, cache))
+    first, second = images(other)[:2]  # same class: the same labels, other images under ids 0 and 1
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b), second.write_bytes(a)
+    pack_here(_cfg(other, cache), tmp_path / "swapped")
+    with pytest.raises(DataError, match=f"data.root is a pack of the original images of imagefolder at "
+                                        f"{tmp_path / 'swapped'}, but this study was started from the original"):
+        check_study_data(study, root, load_datasets(_cfg(tmp_path / "swapped", cache)))
+    with pytest.raises(DataError, match=f"in {other}, but this study was started from the original images of "
+                                        f"imagefolder in {other} .whose images have changed"):  # the folder, changed
+        check_study_data(study_of_other, root_of_other, load_datasets(_cfg(other, cache)))
+
+
+def test_a_root_started_before_the_record_records_its_data_at_the_next_job(tiny: tuple[Path, Path, Path],
+                                                                            tmp_path: Path) -> None:
+    folder, pack, cache = tiny
+    study, root = _started(tmp_path / "root", _cfg(pack, cache))
+    (tmp_path / "root" / layout.DATA_SOURCE).unlink()  # a root of an older version
+    q = tmp_path / "q"
+    pack_here(_cfg(folder, cache), q, PackSettings(shard_mb=SHARD_MB, short_side=48))
+    check_study_data(study, root, load_datasets(_cfg(q, cache)))  # nothing recorded: only the labels are checked
+    record_missing_data_source(root, load_datasets(study.data))  # what every job does once it holds the lease
+    assert json.loads((tmp_path / "root" / layout.DATA_SOURCE).read_text())["kind"] == "pack"
+    with pytest.raises(DataError, match="re-encoded at short side 48 q90"):
+        check_study_data(study, root, load_datasets(_cfg(q, cache)))
+    check_study_data(study, root, load_datasets(_cfg(folder, cache)))  # the pack's folder: the same bytes

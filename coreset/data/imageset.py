@@ -42,6 +42,9 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     root: Path | None = None
     pack: PackedSplit | None = None
+    # What a study records of where the images came from (a pack's encoding and index
+    # fingerprint: :mod:`coreset.data.identity`); None for folders and arrays, fingerprinted on demand.
+    origin: dict | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.images, self.files, self.pack)) != 1:

@@ -143,7 +143,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
         tcfg = dataclasses.replace(tcfg, schedule="constant")
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
-    train = datasets.batches("train", ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
+    train = datasets.subset_batches(ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
     stream = cycle_batches(train)
     test = datasets.batches("test", None, cfg.train.eval_batch_size)
     accs = []
