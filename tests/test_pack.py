@@ -4,11 +4,16 @@ on Ray into the local S3 server; missing, truncated and foreign packs refused in
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import logging
 import os
+import re
+import runpy
 import subprocess
 import sys
 import tarfile
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,7 @@ from conftest import REPO
 from folders import images, tiny_folder, truncate
 
 from coreset import layout
+from coreset.cli import record_config
 from coreset.config import DataConfig, GradientsConfig, StudyConfig
 from coreset.data import DataError, Datasets, load_datasets
 from coreset.data.decode import decode_image
@@ -26,8 +32,12 @@ from coreset.data.formats import load_splits
 from coreset.data.gather import SubsetBatches
 from coreset.data.pack import PackSettings, finish_pack, pack_source, plan_pack, start_pack, write_shard
 from coreset.data.packed import PackedSplit
+from coreset.methods.base import score_frame
 from coreset.models import build_model
+from coreset.stages.export import check_subset, subset_pack, write_subset_csv
 from coreset.stages.gradients import ShardTask, compute_shard
+from coreset.stages.retrain import Trial, recorded_subset
+from coreset.stages.score import MethodWork, build_method, method_settings, write_method
 from coreset.stages.train import check_study_data, load_split, record_missing_data_source
 from coreset.storage import StudyRoot
 
@@ -371,3 +381,114 @@ def test_a_root_started_before_the_record_records_its_data_at_the_next_job(tiny:
     with pytest.raises(DataError, match="re-encoded at short side 48 q90"):
         check_study_data(study, root, load_datasets(_cfg(q, cache)))
     check_study_data(study, root, load_datasets(_cfg(folder, cache)))  # the pack's folder: the same bytes
+
+
+def _scored(root_dir: Path, data: DataConfig) -> tuple[StudyConfig, StudyRoot]:
+    """A study root as the stages leave it for the export: config, split, data source, and the
+    score stage's recorded subsets of ``random`` at fraction 0.2, seeds 3 and 4."""
+    cfg = StudyConfig(name="t", data=data)
+    cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, methods=("random",), fractions=(0.2,),
+                                                             seeds=(3, 4)))
+    root = StudyRoot(str(root_dir))
+    record_config(cfg, root)
+    split = load_split(cfg, root, load_datasets(data))
+    method = build_method(cfg, "random", 1)
+    work = MethodWork("random", method, method_settings(cfg, method), False)
+    write_method(cfg, root, work, score_frame(split[split.split == "train"], np.zeros(int((split.split == "train")
+                                                                                         .sum()))), {})
+    return cfg, root
+
+
+def _pack_job(*argv: str) -> subprocess.CompletedProcess:
+    """``python jobs/pack.py ARGV`` in this process (runpy); starting Ray fails the test."""
+    import coreset.cluster.pack as pack_module
+
+    script, err = str(REPO / "jobs" / "pack.py"), io.StringIO()
+    code: int | str | None = 0
+
+    def no_ray(*args: object, **kwargs: object) -> dict[str, float]:
+        raise AssertionError("the job started Ray")
+
+    with pytest.MonkeyPatch.context() as patch, redirect_stderr(err):
+        patch.setattr(sys, "argv", [script, *argv])
+        patch.setattr(pack_module, "init_ray", no_ray)
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code
+    return subprocess.CompletedProcess(argv, code if isinstance(code, int) else 1, "", err.getvalue())
+
+
+def _export_here(cfg: StudyConfig, root: StudyRoot, out: Path, seed: int = 3) -> np.ndarray:
+    """The export's steps in this process (the job runs write_shard as Ray tasks); the subset's ids."""
+    trial, settings = check_subset(cfg, root, "random", 0.2, seed)
+    datasets = load_datasets(dataclasses.replace(cfg.data, max_decoded_gb=0.0))
+    plan, sources, ids = subset_pack(cfg, root, datasets, trial, settings, PackSettings(SHARD_MB))
+    target = StudyRoot(str(out))
+    for work in start_pack(target, plan):
+        write_shard(target, sources[work.split], work, PackSettings(SHARD_MB))
+    write_subset_csv(target, finish_pack(target, plan), ids)
+    return ids
+
+
+def test_a_coreset_leaves_the_study_as_a_pack_of_its_original_bytes(tiny: tuple[Path, Path, Path], tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    folder, pack, cache = tiny
+    caplog.set_level(logging.INFO, logger="coreset")
+    cfg, root = _scored(tmp_path / "study", _cfg(folder, cache))
+    out = tmp_path / "coreset"
+    ids = _export_here(cfg, root, out)
+    assert np.array_equal(ids, recorded_subset(root, Trial("random", 0.2, 3, cfg.model.name))) and len(ids) == 11
+    job = _pack_job("--root", str(tmp_path / "study"), "--subset", "random", "0.2", "3", "--out", str(out),
+                    "--shard-mb", str(SHARD_MB))  # the job's plan is the same: nothing left to write, no Ray
+    assert job.returncode == 0 and "pack: 0 of" in caplog.text, job.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    about = manifest["subset"]
+    assert (about["method"], about["fraction"], about["seed"], about["images"]) == ("random", 0.2, 3, 11)
+    assert about["settings"]["seeds"] == [3, 4] and about["data"]["kind"] == "folder"
+    table = pd.read_csv(out / "subset.csv")
+    assert list(table.columns) == ["shard", "key", "offset", "size", "sample_id", "label", "class", "path"]
+    files, labels = images(folder), load_datasets(cfg.data).train.labels.numpy()
+    assert table.sample_id.tolist() == ids.tolist() and table.label.tolist() == labels[ids].tolist()
+    assert table["class"].tolist() == [files[i].parent.name for i in ids]
+    for row in table.itertuples():  # each member holds the original file's bytes
+        assert row.path == str(files[row.sample_id].relative_to(folder / "train"))
+        with open(out / row.shard, "rb") as f:
+            f.seek(row.offset)
+            assert f.read(row.size) == files[row.sample_id].read_bytes()
+    as_root = load_datasets(_cfg(out, cache))  # a pack like any other: the coreset and the study's test split
+    whole = load_datasets(_cfg(folder, cache))
+    assert torch.equal(as_root.train.images, whole.train.images[ids])
+    assert torch.equal(as_root.test.images, whole.test.images)
+    from_pack_cfg, from_pack_root = _scored(tmp_path / "study-of-pack", _cfg(pack, cache, max_decoded_gb=0.0))
+    assert np.array_equal(_export_here(from_pack_cfg, from_pack_root, tmp_path / "coreset2"), ids)
+    for shard in manifest["splits"]["train"]["shards"]:  # the pack's ranges give the folder's bytes
+        assert (tmp_path / "coreset2" / shard["name"]).read_bytes() == (out / shard["name"]).read_bytes()
+
+
+def test_a_coreset_export_refuses_bad_input_in_one_line(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, _, cache = tiny
+    _scored(tmp_path / "study", _cfg(folder, cache))
+    unscored = StudyRoot(str(tmp_path / "unscored"))
+    record_config(StudyConfig(name="t", data=_cfg(folder, cache)), unscored)
+    study, out = str(tmp_path / "study"), str(tmp_path / "out")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: t\ndata: {{name: imagefolder, root: {folder}}}\n")
+    cases = {
+        ("--root", study, "--subset", "gradsimcore", "0.2", "3"): "scored random, not gradsimcore$",
+        ("--root", study, "--subset", "random", "0.1", "3"): "fractions 0.2 and seeds 3, 4, not fraction 0.1 seed 3$",
+        ("--root", study, "--subset", "random", "0.2", "9"): "not fraction 0.2 seed 9$",
+        ("--root", study, "--subset", "random", "x", "3"): "FRACTION must be a number and SEED an integer$",
+        ("--root", str(tmp_path / "unscored"), "--subset", "random", "0.2", "3"): "holds no scores .*run jobs/score.py",
+        ("--root", str(tmp_path / "none"), "--subset", "random", "0.2", "3"): "holds no study .config.yaml not found",
+        ("--subset", "random", "0.2", "3"): "^--subset needs --root STUDY",
+        ("--root", study): "^--root needs --subset METHOD FRACTION SEED",
+        ("--root", study, "--config", str(config), "--subset", "random", "0.2", "3"): "drop --config",
+    }
+    for argv, why in cases.items():
+        job = _pack_job(*argv, "--out", out)
+        lines = [line for line in job.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error:")]
+        assert job.returncode == 2 and len(errors) == 1 and "Traceback" not in job.stderr, (argv, job.stderr)
+        assert re.search(why, errors[0].removeprefix("error: ")), (argv, errors[0])
+    assert not Path(out).exists()
