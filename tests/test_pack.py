@@ -492,3 +492,22 @@ def test_a_coreset_export_refuses_bad_input_in_one_line(tiny: tuple[Path, Path, 
         assert job.returncode == 2 and len(errors) == 1 and "Traceback" not in job.stderr, (argv, job.stderr)
         assert re.search(why, errors[0].removeprefix("error: ")), (argv, errors[0])
     assert not Path(out).exists()
+
+
+def test_a_study_of_decoded_images_moves_to_their_lossless_pack(shared_data: Path, tmp_path: Path) -> None:
+    """MNIST's IDX files come decoded; their pack stores PNGs and carries the pixels' fingerprint."""
+    from test_idx import FILES, idx_folder
+
+    from coreset.data.idx import read_idx
+
+    rows = {name: read_idx(shared_data / "mnist" / f"{name}.gz")[:n] for name, n in zip(FILES, (200, 200, 50, 50),
+                                                                                        strict=True)}
+    mnist = DataConfig(name="mnist", root=str(idx_folder(tmp_path / "idx", rows)), cache_dir=str(tmp_path / "cache"))
+    study, root = _started(tmp_path / "root", mnist)
+    assert json.loads((tmp_path / "root" / layout.DATA_SOURCE).read_text())["kind"] == "arrays"
+    for name, settings in (("png", PackSettings()), ("q90", PackSettings(short_side=20))):
+        pack_here(mnist, tmp_path / name, settings)
+    packed = dataclasses.replace(mnist, root=str(tmp_path / "png"))
+    check_study_data(dataclasses.replace(study, data=packed), root, load_datasets(packed))
+    with pytest.raises(DataError, match="re-encoded at short side 20 q90 .*started from the decoded images of mnist"):
+        check_study_data(study, root, load_datasets(dataclasses.replace(mnist, root=str(tmp_path / "q90"))))

@@ -15,11 +15,10 @@ import hashlib
 
 import numpy as np
 
-from coreset.data.imageset import ImageSet
-from coreset.data.pack import source_files
+from coreset.data.imageset import ImageSet, source_files
 from coreset.errors import DataError
 
-__all__ = ["ORIGINAL", "check_same_source", "data_identity", "describe", "fingerprint"]
+__all__ = ["ORIGINAL", "check_same_source", "data_identity", "describe", "fingerprint", "split_origin"]
 
 ORIGINAL = {"kind": "original"}
 

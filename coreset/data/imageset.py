@@ -79,6 +79,15 @@ class ImageSet:
             raise DataError(f"cannot decode {self.source(index)}: {reason(e)}") from None
 
 
+def source_files(ds: ImageSet) -> list[Path] | None:
+    """The files of a folder split (``None``: the set came decoded, e.g. torchvision's pickles)."""
+    if ds.files is not None:
+        return list(ds.files)
+    if ds.root is not None and ds.paths is not None:
+        return [ds.root / p for p in ds.paths]
+    return None
+
+
 def decode_files(files: Sequence[Path], channels: int, size: int | None) -> tuple[torch.Tensor, list[tuple[int, str]]]:
     """Decode image files into one uint8 tensor (N, C, S, S); resize when ``size`` is given.
 

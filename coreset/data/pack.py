@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 import torch
 
 from coreset.data.decode import decode_image, encode_jpeg, is_jpeg, reason, resize_short_side
-from coreset.data.imageset import ImageSet
+from coreset.data.identity import split_origin
+from coreset.data.imageset import ImageSet, source_files
 from coreset.errors import DataError
 from coreset.storage import StudyRoot
 
@@ -95,15 +96,6 @@ def member_key(sample_id: int) -> str:
     return f"{sample_id:08d}"
 
 
-def source_files(ds: ImageSet) -> list[Path] | None:
-    """The files of a folder split (``None``: the set came decoded, e.g. torchvision's pickles)."""
-    if ds.files is not None:
-        return list(ds.files)
-    if ds.root is not None and ds.paths is not None:
-        return [ds.root / p for p in ds.paths]
-    return None
-
-
 def pack_source(ds: ImageSet) -> ImageSet:
     """What a pack task needs of a split: its files (a decoded folder set's pixels are not
     shipped to the tasks), or the decoded images of a set that has no files."""
@@ -150,6 +142,9 @@ def plan_pack(cfg_name: str, train: ImageSet, test: ImageSet, settings: PackSett
         sizes = _stored_sizes(ds) + _TAR_OVERHEAD
         splits[split] = {"count": len(ds), "skipped": [list(s) for s in ds.skipped],
                          "shards": _cut(sizes, int(settings.shard_mb * 1e6))}
+        if source_files(ds) is None and ds.pack is None and not settings.short_side:
+            # stored as lossless PNG: the study's record of the decoded images must match the pack's
+            splits[split]["pixels"] = split_origin(ds, "")["fingerprint"]
     return {"format": FORMAT, "dataset": cfg_name, "classes": list(train.classes), "channels": train.channels,
             "encoding": settings.encoding(), "shard_mb": settings.shard_mb, "splits": splits}
 

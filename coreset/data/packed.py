@@ -208,7 +208,7 @@ def _split(root: StudyRoot, manifest: dict, split: str, channels: int, classes: 
     labels = torch.tensor(index.label.to_numpy(np.int64))
     paths = [str(p) for p in index.path] if index.path.notna().all() else None
     skipped = [(str(p), str(r)) for p, r in info["skipped"]]
-    origin = pack_origin(root.uri, manifest, labels.numpy(), pack.sizes)
+    origin = pack_origin(root.uri, manifest, split, labels.numpy(), pack.sizes)
     if cache is None:
         return ImageSet(labels, classes, channels, paths=paths, skipped=skipped, pack=pack, origin=origin)
     entry = cache / "decoded" / f"pack-{cache_key(identity, split, channels, size, DECODER)}.npy"
@@ -220,6 +220,9 @@ def _split(root: StudyRoot, manifest: dict, split: str, channels: int, classes: 
     return ImageSet(labels, classes, channels, images=images, paths=paths, skipped=skipped, origin=origin)
 
 
-def pack_origin(uri: str, manifest: dict, labels: np.ndarray, sizes: np.ndarray) -> dict:
-    """What a study records of a pack split it reads (:mod:`coreset.data.identity`)."""
-    return {"kind": "pack", "uri": uri, "encoding": manifest["encoding"], "fingerprint": fingerprint(labels, sizes)}
+def pack_origin(uri: str, manifest: dict, split: str, labels: np.ndarray, sizes: np.ndarray) -> dict:
+    """What a study records of a pack split it reads (:mod:`coreset.data.identity`): a pack of
+    decoded images (torchvision, IDX) carries their pixels' fingerprint, the others their index's."""
+    pixels = manifest["splits"][split].get("pixels")
+    return {"kind": "pack", "uri": uri, "encoding": manifest["encoding"],
+            "fingerprint": pixels or fingerprint(labels, sizes)}
