@@ -36,7 +36,7 @@ from coreset.methods.base import score_frame
 from coreset.models import build_model
 from coreset.stages.export import check_subset, subset_pack, write_subset_csv
 from coreset.stages.gradients import ShardTask, compute_shard
-from coreset.stages.retrain import Trial, recorded_subset
+from coreset.stages.retrain import Trial, recorded_subset, retrain
 from coreset.stages.score import MethodWork, build_method, method_settings, write_method
 from coreset.stages.train import check_study_data, load_split, record_missing_data_source
 from coreset.storage import StudyRoot
@@ -240,7 +240,7 @@ def test_reencoded_pack_records_its_encoding_and_smaller_images(tiny: tuple[Path
 
 @pytest.fixture
 def pack_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The URI of every read of a pack's shards (whole-shard streams and range reads)."""
+    """``<uri>:<split>`` of every read of a pack's shards (whole-shard streams and range reads)."""
     reads: list[str] = []
     stream, ranges = PackedSplit.stream, PackedSplit._ranges
 
@@ -249,7 +249,7 @@ def pack_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return stream(self, shard)
 
     def counted_ranges(self: PackedSplit, ids: np.ndarray) -> list[bytes]:
-        reads.append(self.uri)
+        reads.append(f"{self.uri}:{self.split}")
         return ranges(self, ids)
 
     monkeypatch.setattr(PackedSplit, "stream", counted_stream)
@@ -296,7 +296,7 @@ def test_a_subset_of_a_streaming_pack_is_gathered_once_into_the_cache(
     uri = packed.train.pack.uri
 
     def from_pack() -> list[str]:  # (a gathered tar is read through PackedSplit too)
-        return [u for u in pack_reads if u == uri]
+        return [u for u in pack_reads if u.startswith(f"{uri}:")]
 
     epochs = []
     for trial in range(2):  # two trials of the subset (another seed: the same images)
@@ -511,3 +511,19 @@ def test_a_study_of_decoded_images_moves_to_their_lossless_pack(shared_data: Pat
     check_study_data(dataclasses.replace(study, data=packed), root, load_datasets(packed))
     with pytest.raises(DataError, match="re-encoded at short side 20 q90 .*started from the decoded images of mnist"):
         check_study_data(study, root, load_datasets(dataclasses.replace(mnist, root=str(tmp_path / "q90"))))
+
+
+def test_retraining_trials_of_one_subset_read_a_streaming_pack_once(tiny: tuple[Path, Path, Path], tmp_path: Path,
+                                                                      pack_reads: list[str]) -> None:
+    _, pack, _ = tiny
+    cfg = StudyConfig(name="t", data=_cfg(pack, tmp_path / "cache", max_decoded_gb=0.0, loader_workers=0))
+    cfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, policy="steps", steps=4, evaluations=1,
+                                                               batch_size=4))
+    datasets = load_datasets(cfg.data)
+    train_reads = []
+    for seed in (0, 1):  # two trials of one subset (the seeds of the grid), as on one node
+        pack_reads.clear()
+        row = retrain(cfg, datasets, Trial("random", 0.2, seed, "cnn5"), np.arange(3, 60, 5))
+        assert row["steps"] == 4
+        train_reads.append(pack_reads.count(f"{datasets.train.pack.uri}:train"))  # (not the gathered tar's)
+    assert train_reads[0] > 0 and train_reads[1] == 0
