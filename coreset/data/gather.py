@@ -2,16 +2,16 @@
 
 A trial on 1% of ImageNet read from a pack in object storage would otherwise fetch its images
 again every epoch (range reads, one request each). Instead the subset's images are read once
-(grouped per shard: :meth:`PackedSplit.read_group`, several shards at a time) into
-``data.cache_dir``: decoded to uint8 at the study's image size when the subset fits in
-``data.max_decoded_gb`` (the trial then trains from memory), else their stored bytes in one
-local tar that the trial reads instead of the pack. The entry's name is a hash of the pack's
-manifest (the same for every copy of the pack), the split, the subset's ids and the image
-size, so other seeds' trials of the same subset on one node reuse it; it is written to a
-temporary name and renamed, so concurrent trials never read a partial one.
+(grouped per shard: :meth:`PackedSplit.read_group`, several shards at a time, each decoded by
+the thread that read it) into ``data.cache_dir``: decoded to uint8 at the study's image size
+when the subset fits in ``data.max_decoded_gb`` (the trial then trains from memory), else their
+stored bytes in one local tar that the trial reads instead of the pack. The entry's name is a
+hash of the pack's manifest (the same for every copy of the pack), the split, the subset's ids
+and the image size, so other seeds' trials of the same subset on one node reuse it; it is
+written to a temporary name and renamed, so concurrent trials never read a partial one.
 
-The gathered set holds the subset alone, by position; :class:`SubsetBatches` yields the
-subset's sample ids, in the batches the whole set would give.
+The gathered set holds the subset alone, by position; :class:`SubsetBatches` yields the subset's
+sample ids, in the batches the whole set would give.
 """
 from __future__ import annotations
 
@@ -61,11 +61,7 @@ def gather(ds: ImageSet, ids: np.ndarray, size: int, cache: Path, max_decoded_gb
     key = cache_key(pack.identity, pack.split, ids, size)
     labels = ds.labels[torch.from_numpy(ids)]
     if len(ids) * ds.channels * size * size / 1e9 <= max_decoded_gb:
-        names = [pack.member(int(i)) for i in ids]
-        images, bad = cached_decode(folder / f"{key}-{DECODER}.npy",
-                                    lambda: decode_all(_fetched(pack, ids), ds.channels, size, names))
-        if bad:
-            raise DataError(f"cannot decode {names[bad[0][0]]}: {bad[0][1]}; repack it")
+        images, _ = cached_decode(folder / f"{key}-{DECODER}.npy", lambda: _decoded(pack, ids, ds.channels, size))
         return ImageSet(labels, ds.classes, ds.channels, images=images)
     path = folder / f"{key}.tar"
     if not path.is_file():
@@ -75,6 +71,20 @@ def gather(ds: ImageSet, ids: np.ndarray, size: int, cache: Path, max_decoded_gb
             log.warning("cannot gather the subset's images into %s: %s", folder, e)
             return None
     return ImageSet(labels, ds.classes, ds.channels, pack=_local_split(path, pack.split, len(ids)))
+
+
+def _decoded(pack: PackedSplit, ids: np.ndarray, channels: int, size: int) -> tuple[torch.Tensor, list]:
+    """The images of ``ids`` decoded at ``size``, each shard's group read and decoded by one
+    thread of a pool (decoding, like reading, releases the GIL); an unreadable one stops it."""
+    def group(part: np.ndarray) -> torch.Tensor:
+        names = [pack.member(int(i)) for i in part]
+        images, bad = decode_all(pack.read_group(part), channels, size, names)
+        if bad:
+            raise DataError(f"cannot decode {names[bad[0][0]]}: {bad[0][1]}; repack it")
+        return images
+
+    with ThreadPoolExecutor(GATHER_THREADS) as pool:
+        return torch.cat(list(pool.map(group, pack.groups(ids)))), []
 
 
 def _fetched(pack: PackedSplit, ids: np.ndarray) -> Iterator[bytes]:
