@@ -527,3 +527,26 @@ def test_retraining_trials_of_one_subset_read_a_streaming_pack_once(tiny: tuple[
         assert row["steps"] == 4
         train_reads.append(pack_reads.count(f"{datasets.train.pack.uri}:train"))  # (not the gathered tar's)
     assert train_reads[0] > 0 and train_reads[1] == 0
+
+
+def test_a_subset_is_gathered_from_an_s3_pack_by_a_pool_of_readers(tiny: tuple[Path, Path, Path], s3_bucket: str,
+                                                                    tmp_path: Path) -> None:
+    """The gather's threads share the process's S3 client (pyarrow's): the local S3 server's copy
+    of the pack gives the folder's pixels, decoded (fits) and as bytes (does not)."""
+    folder, pack, _ = tiny
+    uri = f"s3://{s3_bucket}/tiny-pack"
+    remote = StudyRoot(uri)
+    for f in pack.iterdir():
+        if f.is_file():
+            remote.write_bytes(f.name, f.read_bytes())
+    whole = load_datasets(_cfg(folder, tmp_path / "cache"))
+    ids = np.arange(0, 60, 4)
+    want = whole.transform()(whole.train.images[ids], False, torch.Generator())
+    for max_decoded_gb in (5e-4, 0.0):
+        streamed = load_datasets(dataclasses.replace(_cfg(folder, tmp_path / "cache"), root=uri,
+                                                     max_decoded_gb=max_decoded_gb, loader_workers=0))
+        batches = streamed.subset_batches(ids, len(ids))
+        assert isinstance(batches, SubsetBatches) and batches.dataset.in_memory == (max_decoded_gb > 0)
+        x, y, sid = next(iter(batches))
+        assert torch.equal(x, want) and torch.equal(sid, torch.from_numpy(ids))
+        assert torch.equal(y, whole.train.labels[ids])
