@@ -38,7 +38,7 @@ from coreset.stages.train import check_study_data
 from coreset.storage import StudyRoot
 
 log = logging.getLogger("coreset")
-__all__ = ["export_main", "pack_main", "run_pack"]
+__all__ = ["export_main", "export_subset", "pack_main", "run_pack"]
 
 
 def _shard_task(out_uri: str, source: ImageSet, work: ShardWork, settings: PackSettings) -> int:
@@ -141,12 +141,20 @@ def _export_args(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _subset_arg(subset: list[str]) -> tuple[str, float, int]:
-    method, fraction, seed = subset
+def _export_request(ns: argparse.Namespace) -> tuple[StudyRoot, str, float, int]:
+    """The study root and the subset (method, fraction, seed) asked for, or one line why not."""
+    if ns.config is not None:
+        raise ConfigError("--root names a study, whose recorded config says what data it reads: drop --config "
+                          "(or drop --root and --subset to pack the dataset of --config)")
+    if ns.root is None:
+        raise ConfigError("--subset needs --root STUDY: a coreset is packed from a study's recorded subset")
+    if ns.subset is None:
+        raise ConfigError("--root needs --subset METHOD FRACTION SEED: the recorded subset to pack")
+    method, fraction, seed = ns.subset
     try:
-        return method, float(fraction), int(seed)
+        return StudyRoot(resolve_path("--root", ns.root)), method, float(fraction), int(seed)
     except ValueError:
-        raise ConfigError(f"--subset {' '.join(subset)}: FRACTION must be a number and SEED an integer") from None
+        raise ConfigError(f"--subset {' '.join(ns.subset)}: FRACTION must be a number and SEED an integer") from None
 
 
 def export_main(doc: str) -> None:
@@ -155,22 +163,22 @@ def export_main(doc: str) -> None:
     ns = _export_args(doc.splitlines()[0]).parse_args()
     configure_logging()
     with one_line_errors():
-        if ns.config is not None:
-            raise ConfigError("--root names a study, whose recorded config says what data it reads: drop --config "
-                              "(or drop --root and --subset to pack the dataset of --config)")
-        if ns.root is None or ns.subset is None:
-            raise ConfigError(f"{'--subset' if ns.root is None else '--root'} needs "
-                              f"{'--root STUDY' if ns.root is None else '--subset METHOD FRACTION SEED'}: "
-                              f"a coreset is packed from a study's recorded subset")
-        method, fraction, seed = _subset_arg(ns.subset)
-        root, settings = StudyRoot(resolve_path("--root", ns.root)), PackSettings(ns.shard_mb)
-        cfg = study_config(root)
-        trial, method_settings = check_subset(cfg, root, method, fraction, seed)
-        datasets = load_datasets(dataclasses.replace(cfg.data, max_decoded_gb=0.0))  # a pack stays packed: its bytes
-        check_study_data(cfg, root, datasets)
-        plan, sources, ids = subset_pack(cfg, root, datasets, trial, method_settings, settings)
+        root, method, fraction, seed = _export_request(ns)
         out = StudyRoot(resolve_path("--out", ns.out))
-        manifest = run_pack(plan, sources, out, settings, ns.address, ns.verbose)
-        write_subset_csv(out, manifest, ids)
-        log.info("pack: %s of %s at fraction %g seed %d: %d images, %s", method, root.url(), fraction, seed,
-                 len(ids), out.url(SUBSET_CSV))
+        export_subset(root, method, fraction, seed, out, PackSettings(ns.shard_mb), ns.address, ns.verbose)
+
+
+def export_subset(root: StudyRoot, method: str, fraction: float, seed: int, out: StudyRoot, settings: PackSettings,
+                  address: str | None = None, verbose: bool = False) -> dict:
+    """Pack the study's recorded subset into ``out`` (its missing shards, then the manifest and
+    ``subset.csv``), reading the data the study records; returns the manifest."""
+    cfg = study_config(root)
+    trial, method_settings = check_subset(cfg, root, method, fraction, seed)
+    datasets = load_datasets(dataclasses.replace(cfg.data, max_decoded_gb=0.0))  # a pack stays packed: its bytes
+    check_study_data(cfg, root, datasets)
+    plan, sources, ids = subset_pack(cfg, root, datasets, trial, method_settings, settings)
+    manifest = run_pack(plan, sources, out, settings, address, verbose)
+    write_subset_csv(out, manifest, ids)
+    log.info("pack: %s of %s at fraction %g seed %d: %d images, %s", method, root.url(), fraction, seed, len(ids),
+             out.url(SUBSET_CSV))
+    return manifest
