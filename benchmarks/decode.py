@@ -12,7 +12,9 @@ the project's file-backed loader against a bare decode loop over the same files.
     collation and the float normalisation it hands the model. Target (issue 11): the loader
     within 1.2x of the bare loop.
 
-Everything runs on one thread (``torch.set_num_threads(1)``): images/s is then per core.
+Everything runs on one thread (``torch.set_num_threads(1)``): images/s is then per core. Where
+CUDA is present, a last row decodes the same bytes on the GPU in batches of 256
+(``decode.decode_batch``: one nvJPEG call a batch): images/s per GPU.
 
     python benchmarks/decode.py [--images 1000] [--repeats 3]
 
@@ -114,7 +116,15 @@ def main() -> None:
     for name, fn in fns.items():  # same pixels from every decoder (all three wrap libjpeg-turbo here)
         if not all(torch.equal(fn(d), r) for d, r in zip(data[:50], reference, strict=True)):
             print(f"note: {name} decodes other pixels than PIL")
-    timings = harness.time_pieces({k: (lambda fn=fn: [fn(d) for d in data]) for k, fn in fns.items()}, args.repeats)
+    pieces = {k: (lambda fn=fn: [fn(d) for d in data]) for k, fn in fns.items()}
+    sync = None
+    if torch.cuda.is_available():  # nvJPEG: the batch in one call (the project's decode_batch), per GPU
+        from coreset.data.decode import decode_batch
+
+        pieces["torchcodec (cuda, batches of 256)"] = lambda: [decode_batch(data[i: i + 256], 3, 64, "cuda")
+                                                               for i in range(0, len(data), 256)]
+        sync = torch.cuda.synchronize
+    timings = harness.time_pieces(pieces, args.repeats, sync=sync)
     rows = [{"decoder": k, "images": len(data), "min_s": t.min_s, "median_s": t.median_s,
              "images_per_s": len(data) / t.min_s} for k, t in timings.items()]
     harness.write_result(pd.DataFrame(rows), "decode", args.out,

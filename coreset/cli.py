@@ -76,7 +76,7 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None,
     configure_logging()
     try:
         cfg = absolute_paths(load_config(ns.config, ns.overrides))
-        root = StudyRoot(_resolve("--root" if ns.root else "the default --root", ns.root or f"results/{cfg.name}"))
+        root = StudyRoot(resolve_path("--root" if ns.root else "the default --root", ns.root or f"results/{cfg.name}"))
         check_study(cfg, root)
     except UserError as e:
         fail(str(e))
@@ -102,7 +102,7 @@ def configure_logging() -> None:
 _RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def _resolve(what: str, p: str) -> str:
+def resolve_path(what: str, p: str) -> str:
     """A local path made absolute (Ray workers run elsewhere); relative ones are refused in a
     submitted job, whose working directory is Ray's temporary copy of the submitter's."""
     if not p or "://" in p:
@@ -120,8 +120,9 @@ def absolute_paths(cfg: StudyConfig) -> StudyConfig:
     In a job started with ``ray job submit`` a relative path is refused: the job's directory is
     Ray's copy of ``--working-dir``, and the submitter's directory is not known there."""
     reads_files = cfg.data.name != "synthetic"  # the synthetic set is generated: its data.root is never read
-    data = dataclasses.replace(cfg.data, root=_resolve("data.root", cfg.data.root) if reads_files else cfg.data.root,
-                               cache_dir=_resolve("data.cache_dir", cfg.data.cache_dir))
+    root = resolve_path("data.root", cfg.data.root) if reads_files else cfg.data.root
+    data = dataclasses.replace(cfg.data, root=root,
+                               cache_dir=resolve_path("data.cache_dir", cfg.data.cache_dir))
     return dataclasses.replace(cfg, data=data)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 CONFIG = "config.yaml"
 SPLIT = "split.parquet"
+# What data the study was started from (coreset/data/identity.py): later jobs refuse other data.
+DATA_SOURCE = "data_source.json"
 # The driver's lease (coreset/lease.py), dot-prefixed: listings and dataset readers skip it.
 LEASE_LOCK = ".lease.lock"  # local roots: the flock'd file
 LEASE_OWNER = ".lease.json"  # local roots: who holds the lock

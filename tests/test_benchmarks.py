@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from folders import tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -111,10 +112,41 @@ def test_gradsim_smoke(tmp_path: Path) -> None:
     assert table.peak_rss_mb.iloc[-1] > 0
 
 
+@pytest.mark.slow  # a local S3 server, a 1-CPU Ray and three fresh interpreters: ~60 s on 2 cores
+def test_data_smoke(shared_data: Path, tmp_path: Path) -> None:
+    folder = tiny_folder(shared_data, tmp_path / "folder", classes=2, train=30, val=5)
+    proc = run("data.py", "--data", str(folder), "--repeats", "1", "--shard-mb", "0.02", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    read = pd.read_parquet(tmp_path / "data_read.parquet")
+    assert list(read.columns) == ["reader", "order", "images", "min_s", "median_s", "images_per_s", "vs_folder"]
+    assert set(zip(read.reader, read.order, strict=True)) >= {("bare", "in order"), ("folder", "shuffled"),
+                                                              ("pack (s3)", "in order"), ("pack (s3)", "shuffled"),
+                                                              ("ray data (s3)", "in order")}
+    assert (read.images == 60).all() and (read.images_per_s > 0).all()
+    assert read.set_index(["reader", "order"]).vs_folder[("folder", "in order")] == 1.0
+    first = pd.read_parquet(tmp_path / "data_first_batch.parquet")
+    assert first.source.tolist() == ["folder", "pack (s3)"] and (first.seconds > 0).all()
+    packed = pd.read_parquet(tmp_path / "data_pack.parquet")
+    assert packed.into.tolist() == ["disk", "s3"] and (packed.images == 70).all() and (packed.shards > 2).all()
+
+
+@pytest.mark.slow  # one CIFAR-shaped class through the gradient code and two methods: ~30 s
+def test_methods_smoke(tmp_path: Path) -> None:
+    proc = run("methods.py", "--shapes", "cifar", "--methods", "max_gradient", "gradsimcore", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(tmp_path / "methods.parquet").set_index("method")
+    assert list(table.columns) == ["shape", "by_class", "rows_per_class", "classes", "seconds_per_class",
+                                   "seconds_per_row", "projected_s"]
+    assert table.by_class.to_dict() == {"max_gradient": False, "gradsimcore": True}
+    assert (table.rows_per_class == 4500).all() and (table.classes == 10).all()
+    assert (table.projected_s == table.seconds_per_class * 10).all() and (table.seconds_per_class > 0).all()
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("gradients.py", ["--models", "no_such_model"], "unknown model no_such_model"),
     ("ray_overhead.py", ["--config", "jobs/configs/mnist.yaml", "--root", "{tmp}/missing"],
      "no finished source training"),
+    ("methods.py", ["--methods", "no_such_method"], "unknown method no_such_method"),
 ])
 def test_bad_input_is_one_line(script: str, args: list[str], message: str, tmp_path: Path) -> None:
     proc = run(script, *(a.replace("{tmp}", str(tmp_path)) for a in args))

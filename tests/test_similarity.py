@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from coreset.similarity import BACKENDS, choose_backend, count_similar, quantile_threshold, stack_list_column
+from coreset.similarity import BACKENDS, choose_backend, count_similar, quantile_threshold, stack_list_column, threshold
 from coreset.similarity.brute import cosine_matrix
 from coreset.similarity.threshold import count_at_quantile
 
@@ -134,6 +135,19 @@ def test_quantile_threshold_exact_and_sampled() -> None:
     assert sampled == quantile_threshold(err, emb, 0.9, max_pairs=5000, seed=7)
     assert abs(np.mean(cos[np.triu_indices(200, 1)] <= sampled) - 0.9) < 0.02
     assert quantile_threshold(err[:1], emb[:1], 0.9) == 1.0
+
+
+def test_sampled_pairs_are_the_drawn_pairs_cosines() -> None:
+    """The sampled path reads each drawn pair (i ≠ j, uniform) off the Gram blocks: the same
+    numbers as the explicit cosine of that pair, whichever row block holds it."""
+    err, emb = random_factors(300, 5, 10, seed=8)
+    cos = cosine_matrix(err, emb)
+    rng = np.random.default_rng(3)
+    i = rng.integers(0, 300, 4000)
+    j = (i + rng.integers(1, 300, 4000)) % 300
+    with patch.object(threshold, "PAIR_BLOCK_FLOATS", 300 * 7):  # row blocks of 7: pairs in 43 blocks
+        sampled = threshold._sampled_pair_cosines(err, emb, 4000, seed=3)
+    np.testing.assert_allclose(sampled, cos[i, j], atol=2e-6)
 
 
 def test_fused_quantile_count_matches_threshold_then_count() -> None:

@@ -20,7 +20,7 @@ from coreset.lease import Holder, hold_lease
 from coreset.planning import Counts, format_plan, plan_frame, plan_study
 from coreset.progress import duration
 from coreset.rates import read_rates
-from coreset.stages.train import check_study_data
+from coreset.stages.train import check_study_data, record_missing_data_source
 
 log = logging.getLogger("coreset")
 __all__ = ["driver_lease", "one_line_errors", "print_plan", "run_stages", "start_job"]
@@ -58,6 +58,7 @@ def start_job(doc: str, stages: Sequence[str], extend: Callable[[argparse.Argume
             sys.exit(0)  # --plan runs nothing: no lease, no config, no Ray work
     with one_line_errors(), driver_lease(job):
         record_config(job.config, job.root)
+        record_missing_data_source(job.root, datasets)
         yield job, names, init_ray(job.address, job.verbose)
 
 

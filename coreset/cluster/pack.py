@@ -9,33 +9,46 @@ must see the dataset's files: run the pack where they are (a shared volume on a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import sys
 import time
 
 import ray
 
-from coreset.cli import parse_job_args
+from coreset.cli import configure_logging, parse_job_args, resolve_path
 from coreset.cluster.runtime import init_ray, one_line_errors
+from coreset.data import load_datasets
 from coreset.data.formats import load_splits
 from coreset.data.imageset import ImageSet
-from coreset.data.pack import PackSettings, ShardWork, finish_pack, pack_source, plan_pack, start_pack, write_shard
+from coreset.data.pack import (
+    SPLITS,
+    PackSettings,
+    ShardWork,
+    finish_pack,
+    pack_source,
+    plan_pack,
+    start_pack,
+    write_shard,
+)
+from coreset.errors import ConfigError
 from coreset.progress import Progress, duration
+from coreset.stages.export import SUBSET_CSV, check_subset, study_config, subset_pack, write_subset_csv
+from coreset.stages.train import check_study_data
 from coreset.storage import StudyRoot
 
 log = logging.getLogger("coreset")
-__all__ = ["pack_main", "run_pack"]
+__all__ = ["export_main", "export_subset", "pack_main", "run_pack"]
 
 
 def _shard_task(out_uri: str, source: ImageSet, work: ShardWork, settings: PackSettings) -> int:
     return write_shard(StudyRoot(out_uri), source, work, settings)
 
 
-def run_pack(name: str, train: ImageSet, test: ImageSet, out: StudyRoot, settings: PackSettings,
+def run_pack(plan: dict, sources: dict[str, ImageSet], out: StudyRoot, settings: PackSettings,
              address: str | None = None, verbose: bool = False) -> dict:
-    """Write the missing shards of the pack of (train, test) into ``out``; returns the manifest."""
+    """Write the missing shards of ``plan`` (of the splits' ``sources``) into ``out``; returns the manifest."""
     start = time.perf_counter()
-    sources = {"train": pack_source(train), "test": pack_source(test)}
-    plan = plan_pack(name, sources["train"], sources["test"], settings)
     todo = start_pack(out, plan)
     total = sum(len(plan["splits"][s]["shards"]) for s in sources)
     log.info("pack: %d of %d shards to write into %s", len(todo), total, out.url())
@@ -87,12 +100,85 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
                    help="re-encode images as JPEG with the shorter side at this many px (default 0: original bytes)")
     p.add_argument("--quality", type=_quality, default=PackSettings.quality,
                    help="JPEG quality of re-encoded images (default %(default)s)")
+    p.add_argument("--subset", nargs=3, metavar=("METHOD", "FRACTION", "SEED"),
+                   help="instead of --config: pack the recorded subset of the study at --root (its original images)")
 
 
 def pack_main(doc: str) -> None:
-    """``jobs/pack.py``: the data of ``--config`` into a pack at ``--out``."""
+    """``jobs/pack.py``: the data of ``--config`` into a pack at ``--out``, or (``--root``,
+    ``--subset``) a study's coreset."""
+    if _exporting(sys.argv[1:]):
+        export_main(doc)
+        return
     job, ns = parse_job_args(doc.splitlines()[0], extend=_pack_args)
     settings = PackSettings(ns.shard_mb, ns.short_side, ns.quality)
     with one_line_errors():
-        train, test = load_splits(job.config.data)
-        run_pack(job.config.data.name, train, test, StudyRoot(ns.out), settings, job.address, job.verbose)
+        sources = dict(zip(SPLITS, (pack_source(ds) for ds in load_splits(job.config.data)), strict=True))
+        plan = plan_pack(job.config.data.name, sources["train"], sources["test"], settings)
+        run_pack(plan, sources, StudyRoot(ns.out), settings, job.address, job.verbose)
+
+
+def _exporting(argv: list[str]) -> bool:
+    """Whether the command line asks for a study's coreset (``--root`` or ``--subset``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--root")
+    p.add_argument("--subset", nargs="*")
+    ns, _ = p.parse_known_args(argv)
+    return ns.root is not None or ns.subset is not None
+
+
+def _export_args(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--root", help="the study root whose coreset to pack (a local path or s3://, gs:// URI)")
+    p.add_argument("--subset", nargs=3, metavar=("METHOD", "FRACTION", "SEED"),
+                   help="the recorded subset: a scored method, one of its fractions and seeds")
+    p.add_argument("--config", help=argparse.SUPPRESS)  # refused with --root: the study's own config says it all
+    p.add_argument("--out", required=True, help="the pack's folder: a local path or s3://, gs:// URI")
+    p.add_argument("--shard-mb", type=_positive_float, default=PackSettings.shard_mb,
+                   help="target shard size in MB (default %(default)s)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--verbose", action="store_true", help="also show what Ray's workers print")
+    return p
+
+
+def _export_request(ns: argparse.Namespace) -> tuple[StudyRoot, str, float, int]:
+    """The study root and the subset (method, fraction, seed) asked for, or one line why not."""
+    if ns.config is not None:
+        raise ConfigError("--root names a study, whose recorded config says what data it reads: drop --config "
+                          "(or drop --root and --subset to pack the dataset of --config)")
+    if ns.root is None:
+        raise ConfigError("--subset needs --root STUDY: a coreset is packed from a study's recorded subset")
+    if ns.subset is None:
+        raise ConfigError("--root needs --subset METHOD FRACTION SEED: the recorded subset to pack")
+    method, fraction, seed = ns.subset
+    try:
+        return StudyRoot(resolve_path("--root", ns.root)), method, float(fraction), int(seed)
+    except ValueError:
+        raise ConfigError(f"--subset {' '.join(ns.subset)}: FRACTION must be a number and SEED an integer") from None
+
+
+def export_main(doc: str) -> None:
+    """``jobs/pack.py --root STUDY --subset METHOD FRACTION SEED --out URI``: the study's
+    recorded subset as a pack (:mod:`coreset.stages.export`), original bytes."""
+    ns = _export_args(doc.splitlines()[0]).parse_args()
+    configure_logging()
+    with one_line_errors():
+        root, method, fraction, seed = _export_request(ns)
+        out = StudyRoot(resolve_path("--out", ns.out))
+        export_subset(root, method, fraction, seed, out, PackSettings(ns.shard_mb), ns.address, ns.verbose)
+
+
+def export_subset(root: StudyRoot, method: str, fraction: float, seed: int, out: StudyRoot, settings: PackSettings,
+                  address: str | None = None, verbose: bool = False) -> dict:
+    """Pack the study's recorded subset into ``out`` (its missing shards, then the manifest and
+    ``subset.csv``), reading the data the study records; returns the manifest."""
+    cfg = study_config(root)
+    trial, method_settings = check_subset(cfg, root, method, fraction, seed)
+    datasets = load_datasets(dataclasses.replace(cfg.data, max_decoded_gb=0.0))  # a pack stays packed: its bytes
+    check_study_data(cfg, root, datasets)
+    plan, sources, ids = subset_pack(cfg, root, datasets, trial, method_settings, settings)
+    manifest = run_pack(plan, sources, out, settings, address, verbose)
+    write_subset_csv(out, manifest, ids)
+    log.info("pack: %s of %s at fraction %g seed %d: %d images, %s", method, root.url(), fraction, seed, len(ids),
+             out.url(SUBSET_CSV))
+    return manifest

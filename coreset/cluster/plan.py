@@ -48,7 +48,8 @@ def calibrated_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, 
     """Rates measured on the cluster's devices: here when this process is the cluster (no
     Ray joined), else in a task with a GPU (GPU clusters) or the CPUs of a gradient actor.
     Each stage's start is then what its framework took to start a unit that returns at once,
-    plus the data load its workers do."""
+    plus the data load its workers do. Tune's start keeps its one trial's worker start, as the
+    recorded one does: Tune reports a trial started only once its worker is up."""
     joined = ray.is_initialized()
     if not joined:
         rates = calibrate(cfg, datasets, split, stages, resources, load_s)
@@ -62,8 +63,6 @@ def calibrated_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, 
         key = f"{stage}.start"
         if key in rates:
             old = rates[key]
-            if stage == "retrain":  # the do-nothing trial's own worker start is retrain.trial_start's
-                seconds = max(seconds - (rates["retrain.trial_start"].seconds - load_s), 0.0)
             data = load_s if stage in ("train", "gradients") else 0.0
             rates[key] = Rate(seconds + data, "start", old.device, old.threads, "calibrated")
     return rates

@@ -40,11 +40,10 @@ from coreset.stages.retrain import (
     grid_name,
     measured_rates,
     plan,
+    recorded_subset,
     retrain,
     settings_key,
-    subset_ids,
 )
-from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 
@@ -74,8 +73,7 @@ def _run_trial(config: dict[str, Any]) -> None:
         row = read_table(root, row_path, "accuracy").iloc[0]
         tune.report({"epoch": 0, "test_acc": float(row.test_acc), "done_before": True})
         return
-    subsets = read_table(root, layout.subsets(trial.method), "subsets") if trial.method != "full" else pd.DataFrame()
-    ids = subset_ids(trial, subsets, recorded_train_ids(root))
+    ids = recorded_subset(root, trial)
     device = pick_device(cfg.train.use_gpu)
     row = retrain(cfg, load_datasets(cfg.data), trial, ids, report=tune.report, device=device)
     write_table(root, row_path, pd.DataFrame([row]), "accuracy")

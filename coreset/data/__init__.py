@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from coreset.config import DataConfig
-from coreset.data.formats import DataError, load_splits, native_size
+from coreset.data.formats import DataError, cache_dir, load_splits, native_size
+from coreset.data.gather import SubsetBatches, gather, should_gather
+from coreset.data.identity import data_identity
 from coreset.data.imageset import ImageSet
 from coreset.data.loader import Batches
 from coreset.data.packed import is_pack, train_shards
@@ -28,6 +30,10 @@ class Datasets:
     def spec(self) -> InputSpec:
         return InputSpec(self.train.channels, self.size, self.train.num_classes)
 
+    def identity(self) -> dict:
+        """What a study records of this data (:func:`coreset.data.identity.data_identity`)."""
+        return data_identity(self.config.name, self.config.root, self.train, self.test)
+
     def transform(self) -> BatchTransform:
         return BatchTransform.for_dataset(self.config.name, self.train.channels, self.size, self.config.augment)
 
@@ -40,6 +46,18 @@ class Datasets:
         return Batches(ds, ids, batch_size, self.transform(), train=train, shuffle=shuffle, seed=seed,
                        rank=rank, world=world, loader_workers=self.config.loader_workers,
                        shuffle_buffer=self.config.shuffle_buffer)
+
+    def subset_batches(self, ids: np.ndarray, batch_size: int, train: bool = False, shuffle: bool = False,
+                       seed: int = 0) -> Batches:
+        """Batches over train ``ids`` that a retraining trial reads many times: from a
+        streaming pack, its images are gathered once into the local cache
+        (:mod:`coreset.data.gather`) and read from there; the same batches either way."""
+        if should_gather(self.train, ids):
+            subset = gather(self.train, ids, self.size, cache_dir(self.config), self.config.max_decoded_gb)
+            if subset is not None:
+                return SubsetBatches(subset, ids, batch_size, self.transform(), train=train, shuffle=shuffle,
+                                     seed=seed, loader_workers=self.config.loader_workers)
+        return self.batches("train", ids, batch_size, train=train, shuffle=shuffle, seed=seed)
 
 
 def load_datasets(cfg: DataConfig) -> Datasets:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchcodec.decoders import decode_jpeg
 
-__all__ = ["DECODER", "decode_image", "encode_jpeg", "is_jpeg", "reason", "resize_center_crop", "resize_short_side"]
+__all__ = ["DECODER", "decode_batch", "decode_image", "encode_jpeg", "is_jpeg", "reason", "resize_center_crop",
+           "resize_short_side"]
 
 # Part of every decode-cache key: another decoder may give other pixels.
 DECODER = f"torchcodec-{torchcodec.__version__.split('+')[0]}"
@@ -39,6 +41,54 @@ def decode_image(data: bytes, channels: int) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as im:
         arr = np.array(im.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     return torch.from_numpy(arr[:, :, None] if arr.ndim == 2 else arr).permute(2, 0, 1).contiguous()
+
+
+def decode_batch(encoded: Sequence[bytes], channels: int, size: int,
+                 device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of encoded images as uint8 ``N×channels×size×size`` on ``device`` (resized and
+    center-cropped as :func:`resize_center_crop`), and ``ok``: False where an image did not
+    decode (its slot is blank), so the caller names it rather than a decoder traceback.
+
+    On CUDA the batch's JPEGs go to TorchCodec in one call, which decodes them together with
+    nvJPEG (one image a call would waste the GPU), and are resized there; the rare other
+    formats decode on the CPU and are copied over. nvJPEG's pixels may differ from
+    libjpeg-turbo's by a level here and there, so only streamed batches decode on the GPU,
+    never the decode caches. On the CPU every image decodes through :func:`decode_image`.
+    """
+    device = torch.device(device)
+    out = torch.zeros(len(encoded), channels, size, size, dtype=torch.uint8, device=device)
+    ok = torch.ones(len(encoded), dtype=torch.bool)
+    jpegs = [i for i, data in enumerate(encoded) if device.type == "cuda" and is_jpeg(data)]
+    for i, image in zip(jpegs, _gpu_jpegs([encoded[i] for i in jpegs], channels, device), strict=True):
+        if image is None:
+            ok[i] = False
+        else:
+            out[i] = resize_center_crop(image, size)
+    for i in sorted(set(range(len(encoded))) - set(jpegs)):
+        try:
+            out[i] = resize_center_crop(decode_image(encoded[i], channels), size).to(device)
+        except Exception:  # noqa: BLE001 - decoders raise many types for corrupt files
+            ok[i] = False
+    return out, ok
+
+
+def _gpu_jpegs(encoded: list[bytes], channels: int, device: torch.device) -> list[torch.Tensor | None]:
+    """JPEGs decoded on ``device`` in one nvJPEG call; when one image spoils the call, each
+    is decoded alone to find it (``None``)."""
+    if not encoded:
+        return []
+    mode = "RGB" if channels == 3 else "GRAY"
+    sources = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
+    try:
+        return list(decode_jpeg(sources, mode=mode, device=device))
+    except Exception:  # noqa: BLE001 - a corrupt image fails the whole batch call
+        images: list[torch.Tensor | None] = []
+        for source in sources:
+            try:
+                images.append(decode_jpeg(source, mode=mode, device=device))
+            except Exception:  # noqa: BLE001
+                images.append(None)
+        return images
 
 
 def reason(e: BaseException) -> str:

@@ -26,11 +26,12 @@ import torch
 import torchvision
 
 from coreset.config import DataConfig
+from coreset.data.cache import cached_decode, write_cache_file
 from coreset.data.decode import DECODER
 from coreset.data.idx import IDX_FILES, find_idx_files, idx_splits
 from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
 from coreset.data.packed import is_pack, load_pack
-from coreset.storage import StorageError, StudyRoot
+from coreset.storage import StorageError
 
 __all__ = ["DataError", "cache_dir", "load_splits", "native_size"]
 log = logging.getLogger("coreset")
@@ -71,7 +72,7 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
 
         return synthetic_splits(cfg.synthetic_size, cfg.synthetic_classes, native_size(cfg))
     if is_pack(cfg.root):
-        return load_pack(cfg.name, cfg.root, native_size(cfg), cfg.max_decoded_gb)
+        return load_pack(cfg.name, cfg.root, native_size(cfg), cfg.max_decoded_gb, cache_dir(cfg))
     root = Path(os.path.expanduser(cfg.root))
     if not root.exists() and not cfg.download:
         raise DataError(f"data.root {root} does not exist; set data.root to the folder that holds {cfg.name}")
@@ -250,24 +251,9 @@ def _fingerprint(files: list[Path], *extra: object) -> str:
 
 def _decoded_cached(files: list[Path], channels: int, size: int,
                     cache: Path) -> tuple[torch.Tensor, list[tuple[int, str]]]:
-    """Decode once per machine: the uint8 array of the readable images is kept as ``.npy`` in
-    the cache (no pickle), the unreadable ones' ``(index, reason)`` beside it, so a cache hit
-    applies the corrupt-image policy exactly as a fresh decode does."""
+    """Decode once per machine (:func:`coreset.data.cache.cached_decode`), keyed by the file listing."""
     path = cache / "decoded" / f"{_fingerprint(files, channels, size, DECODER)}.npy"
-    bad_path = path.with_suffix(".unreadable.json")
-    if path.is_file():
-        bad = json.loads(bad_path.read_text()) if bad_path.is_file() else []
-        return torch.from_numpy(np.load(path, allow_pickle=False)), [(int(i), str(r)) for i, r in bad]
-    images, bad = decode_files(files, channels, size)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    try:
-        _write_cache_file(bad_path, json.dumps(bad).encode())  # before the .npy, whose presence means "cached"
-        np.save(tmp, images.numpy(), allow_pickle=False)
-        tmp.replace(path)
-    except (OSError, StorageError) as e:  # the cache only saves time (a full cache disk must not stop the job)
-        tmp.unlink(missing_ok=True)
-        log.warning("cannot cache decoded images in %s: %s", path.parent, e)
-    return images, bad
+    return cached_decode(path, lambda: decode_files(files, channels, size))
 
 
 def _checked_headers(files: list[Path], cache: Path) -> list[tuple[int, str]]:
@@ -277,12 +263,7 @@ def _checked_headers(files: list[Path], cache: Path) -> list[tuple[int, str]]:
         return [(int(i), str(r)) for i, r in json.loads(path.read_text())]
     bad = unreadable_headers(files)
     try:
-        _write_cache_file(path, json.dumps(bad).encode())
+        write_cache_file(path, json.dumps(bad).encode())
     except StorageError as e:
         log.warning("cannot cache the header check in %s: %s", path.parent, e)
     return bad
-
-
-def _write_cache_file(path: Path, data: bytes) -> None:
-    """Atomic, like every write of a study root (concurrent jobs may fill the same cache)."""
-    StudyRoot(str(path.parent)).write_bytes(path.name, data)

@@ -42,6 +42,9 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     root: Path | None = None
     pack: PackedSplit | None = None
+    # What a study records of where the images came from (a pack's encoding and index
+    # fingerprint: :mod:`coreset.data.identity`); None for folders and arrays, fingerprinted on demand.
+    origin: dict | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.images, self.files, self.pack)) != 1:
@@ -74,6 +77,15 @@ class ImageSet:
             return decode_image(data, self.channels)
         except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
             raise DataError(f"cannot decode {self.source(index)}: {reason(e)}") from None
+
+
+def source_files(ds: ImageSet) -> list[Path] | None:
+    """The files of a folder split (``None``: the set came decoded, e.g. torchvision's pickles)."""
+    if ds.files is not None:
+        return list(ds.files)
+    if ds.root is not None and ds.paths is not None:
+        return [ds.root / p for p in ds.paths]
+    return None
 
 
 def decode_files(files: Sequence[Path], channels: int, size: int | None) -> tuple[torch.Tensor, list[tuple[int, str]]]:

@@ -19,6 +19,7 @@ writes only the missing shards, and identical inputs give byte-identical shards.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -33,12 +34,13 @@ import torch
 
 from coreset.data.cut import class_cut, is_sorted
 from coreset.data.decode import decode_image, encode_jpeg, is_jpeg, reason, resize_short_side
-from coreset.data.imageset import ImageSet
+from coreset.data.identity import split_origin
+from coreset.data.imageset import ImageSet, source_files
 from coreset.errors import DataError
 from coreset.storage import StudyRoot
 
 __all__ = ["FORMAT", "MANIFEST", "PackSettings", "ShardWork", "finish_pack", "index_name", "member_key",
-           "pack_source", "plan_pack", "shard_name", "start_pack", "write_shard"]
+           "pack_source", "plan_pack", "shard_name", "start_pack", "subset_source", "write_pack", "write_shard"]
 
 FORMAT = "coreset-pack/1"
 MANIFEST = "manifest.json"
@@ -96,15 +98,6 @@ def member_key(sample_id: int) -> str:
     return f"{sample_id:08d}"
 
 
-def source_files(ds: ImageSet) -> list[Path] | None:
-    """The files of a folder split (``None``: the set came decoded, e.g. torchvision's pickles)."""
-    if ds.files is not None:
-        return list(ds.files)
-    if ds.root is not None and ds.paths is not None:
-        return [ds.root / p for p in ds.paths]
-    return None
-
-
 def pack_source(ds: ImageSet) -> ImageSet:
     """What a pack task needs of a split: its files (a decoded folder set's pixels are not
     shipped to the tasks), or the decoded images of a set that has no files."""
@@ -116,6 +109,33 @@ def pack_source(ds: ImageSet) -> ImageSet:
     return ImageSet(ds.labels, ds.classes, ds.channels, files=files, paths=ds.paths, skipped=ds.skipped)
 
 
+def subset_source(ds: ImageSet, ids: np.ndarray) -> ImageSet:
+    """A pack task's source of the images ``ids`` of a split, renumbered ``0..len(ids)-1`` in
+    id order (a coreset's pack): its files, its pack's byte ranges (a split read as a pack
+    stays packed: the original bytes, not re-encoded pixels), or its decoded images."""
+    index = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    labels, paths = ds.labels[index], [ds.paths[i] for i in ids] if ds.paths is not None else None
+    files = source_files(ds)
+    if files is not None:
+        return ImageSet(labels, ds.classes, ds.channels, files=[files[i] for i in ids], paths=paths)
+    if ds.pack is not None:
+        p = ds.pack
+        view = dataclasses.replace(p, shard_of=p.shard_of[ids], offsets=p.offsets[ids], sizes=p.sizes[ids])
+        return ImageSet(labels, ds.classes, ds.channels, paths=paths, pack=view)
+    assert ds.images is not None
+    return ImageSet(labels, ds.classes, ds.channels, images=ds.images[index], paths=paths)
+
+
+def _stored_sizes(ds: ImageSet) -> np.ndarray:
+    """Each image's bytes as stored (a decoded set's: its pixels), for cutting shards."""
+    files = source_files(ds)
+    if files is not None:
+        return np.array([f.stat().st_size for f in files], dtype=np.int64)
+    if ds.pack is not None:
+        return ds.pack.sizes.astype(np.int64)
+    return np.array([ds.images[0].numel()] * len(ds), dtype=np.int64)  # type: ignore[index]
+
+
 def plan_pack(cfg_name: str, train: ImageSet, test: ImageSet, settings: PackSettings) -> dict:
     """The plan of a pack: settings, classes, counts and each split's shard ranges (cut on the
     source images' sizes, so re-encoded shards come out smaller than ``shard_mb``). A split
@@ -124,15 +144,16 @@ def plan_pack(cfg_name: str, train: ImageSet, test: ImageSet, settings: PackSett
     others (torchvision's MNIST order) are cut by size alone (``cut: size``)."""
     splits = {}
     for split, ds in zip(SPLITS, (train, test), strict=True):
-        files = source_files(ds)
-        sizes = np.array([f.stat().st_size for f in files] if files is not None
-                         else [ds.images[0].numel()] * len(ds), dtype=np.int64) + _TAR_OVERHEAD
+        sizes = _stored_sizes(ds) + _TAR_OVERHEAD
         labels = ds.labels.numpy()
         cut = "class" if is_sorted(labels) else "size"
         target = int(settings.shard_mb * 1e6)
         shards = class_cut(labels, sizes, target) if cut == "class" else _cut(sizes, target)
         splits[split] = {"count": len(ds), "skipped": [list(s) for s in ds.skipped], "cut": cut,
                          "shards": [[first, count] for first, count in shards]}
+        if source_files(ds) is None and ds.pack is None and not settings.short_side:
+            # stored as lossless PNG: the study's record of the decoded images must match the pack's
+            splits[split]["pixels"] = split_origin(ds, "")["fingerprint"]
     return {"format": FORMAT, "dataset": cfg_name, "classes": list(train.classes), "channels": train.channels,
             "encoding": settings.encoding(), "shard_mb": settings.shard_mb, "splits": splits}
 
@@ -171,19 +192,20 @@ def start_pack(out: StudyRoot, plan: dict) -> list[ShardWork]:
 
 
 def encoded_image(ds: ImageSet, files: list[Path] | None, index: int, settings: PackSettings) -> bytes:
-    """The bytes a pack stores for ``index``: checked to decode, re-encoded when asked. A file
-    that does not decode stops the pack naming it (ids are assigned by then, as for a
-    file-backed folder whose damage shows in a loader worker)."""
-    if files is None:
+    """The bytes a pack stores for ``index`` (a file's, or a pack's range for a coreset's pack):
+    checked to decode, re-encoded when asked. A file that does not decode stops the pack naming
+    it (ids are assigned by then, as for a file-backed folder whose damage shows in a loader worker)."""
+    if files is None and ds.pack is None:
         assert ds.images is not None
         image = ds.images[index]
         return encode_jpeg(_short_side(image, settings), settings.quality) if settings.short_side \
             else _png(image)
-    data = files[index].read_bytes()
+    data = files[index].read_bytes() if files is not None else ds.encoded(index)
+    where = files[index] if files is not None else ds.source(index)
     try:
         image = decode_image(data, ds.channels)
     except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
-        raise DataError(f"cannot decode {files[index]}: {reason(e)}; repair or remove it (data.corrupt=skip "
+        raise DataError(f"cannot decode {where}: {reason(e)}; repair or remove it (data.corrupt=skip "
                         f"leaves out only files whose header is unreadable when a large set loads)") from None
     return encode_jpeg(_short_side(image, settings), settings.quality) if settings.short_side else data
 
@@ -263,3 +285,13 @@ def finish_pack(out: StudyRoot, plan: dict) -> dict:
     out.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
+
+
+def write_pack(name: str, train: ImageSet, test: ImageSet, out: StudyRoot, settings: PackSettings) -> dict:
+    """The whole pack in this process, shard after shard (tests, benchmarks): the pack job runs
+    the same steps with each shard a Ray task. Resumes like it; returns the manifest."""
+    sources = {"train": pack_source(train), "test": pack_source(test)}
+    plan = plan_pack(name, sources["train"], sources["test"], settings)
+    for work in start_pack(out, plan):
+        write_shard(out, sources[work.split], work, settings)
+    return finish_pack(out, plan)

@@ -20,6 +20,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -27,6 +28,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 import torch
 
+from coreset.data.cache import cache_key, cached_decode
+from coreset.data.decode import DECODER
+from coreset.data.identity import fingerprint
 from coreset.data.imageset import ImageSet, decode_all
 from coreset.data.pack import FORMAT, MANIFEST, PLAN, SPLITS, member_key
 from coreset.errors import DataError
@@ -77,6 +81,7 @@ class PackedSplit:
     shard_of: np.ndarray
     offsets: np.ndarray
     sizes: np.ndarray
+    identity: str = ""  # the pack's manifest key (:func:`manifest_key`): the same for every copy of it
     _opened: tuple[int, StudyRoot] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict:
@@ -172,8 +177,15 @@ def _in_order(pack: PackedSplit, count: int) -> Iterator[bytes]:
         raise DataError(f"the shards of {pack.uri} hold {expected} {pack.split} images, the index {count}; repack")
 
 
-def load_pack(name: str, uri: str, size: int, max_decoded_gb: float) -> tuple[ImageSet, ImageSet]:
-    """(train, test) of the pack at ``uri`` for dataset ``name`` at ``size`` px."""
+def manifest_key(manifest: dict) -> str:
+    """What identifies a pack's content, whatever its URI: its manifest (classes, counts,
+    encoding, every shard's id range and byte size) hashed."""
+    return cache_key(manifest)
+
+
+def load_pack(name: str, uri: str, size: int, max_decoded_gb: float, cache: Path) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of the pack at ``uri`` for dataset ``name`` at ``size`` px; a decoded pack's
+    pixels are kept under ``cache`` (each job start would stream and decode it again)."""
     root = StudyRoot(uri)
     manifest = _manifest(root)
     if manifest.get("dataset") != name:
@@ -182,7 +194,8 @@ def load_pack(name: str, uri: str, size: int, max_decoded_gb: float) -> tuple[Im
     _check_shards(root, manifest)
     channels, classes = int(manifest["channels"]), list(manifest["classes"])
     decoded = _decodes(manifest, size, max_decoded_gb)
-    return tuple(_split(root, manifest, split, channels, classes, size, decoded) for split in SPLITS)  # type: ignore[return-value]
+    return tuple(_split(root, manifest, split, channels, classes, size, cache if decoded else None)
+                 for split in SPLITS)  # type: ignore[return-value]
 
 
 def _decodes(manifest: dict, size: int, max_decoded_gb: float) -> bool:
@@ -243,20 +256,34 @@ def _check_shards(root: StudyRoot, manifest: dict) -> None:
 
 
 def _split(root: StudyRoot, manifest: dict, split: str, channels: int, classes: list[str], size: int,
-           decoded: bool) -> ImageSet:
+           cache: Path | None) -> ImageSet:
+    """One split: streamed per batch, or (``cache`` given) decoded, from the cache when a copy
+    of this pack was decoded at this size before."""
     info = manifest["splits"][split]
     index = pd.read_parquet(io.BytesIO(_read(root, info["index"])))
     if len(index) != info["count"] or not np.array_equal(index.sample_id.to_numpy(), np.arange(info["count"])):
         raise DataError(f"{root.url(info['index'])} does not list samples 0..{info['count'] - 1}; repack")
+    identity = manifest_key(manifest)
     pack = PackedSplit(root.uri, split, list(info["shards"]), index.shard.to_numpy(np.int64),
-                       index.offset.to_numpy(np.int64), index["size"].to_numpy(np.int64))
+                       index.offset.to_numpy(np.int64), index["size"].to_numpy(np.int64), identity)
     labels = torch.tensor(index.label.to_numpy(np.int64))
     paths = [str(p) for p in index.path] if index.path.notna().all() else None
     skipped = [(str(p), str(r)) for p, r in info["skipped"]]
-    if not decoded:
-        return ImageSet(labels, classes, channels, paths=paths, skipped=skipped, pack=pack)
-    images, bad = decode_all(_in_order(pack, len(index)), channels, size, [pack.member(i) for i in range(len(index))])
+    origin = pack_origin(root.uri, manifest, split, labels.numpy(), pack.sizes)
+    if cache is None:
+        return ImageSet(labels, classes, channels, paths=paths, skipped=skipped, pack=pack, origin=origin)
+    entry = cache / "decoded" / f"pack-{cache_key(identity, split, channels, size, DECODER)}.npy"
+    images, bad = cached_decode(entry, lambda: decode_all(_in_order(pack, len(index)), channels, size,
+                                                          [pack.member(i) for i in range(len(index))]))
     if bad:
         i, why = bad[0]
         raise DataError(f"cannot decode {pack.member(i)}: {why}; repack it")
-    return ImageSet(labels, classes, channels, images=images, paths=paths, skipped=skipped)
+    return ImageSet(labels, classes, channels, images=images, paths=paths, skipped=skipped, origin=origin)
+
+
+def pack_origin(uri: str, manifest: dict, split: str, labels: np.ndarray, sizes: np.ndarray) -> dict:
+    """What a study records of a pack split it reads (:mod:`coreset.data.identity`): a pack of
+    decoded images (torchvision, IDX) carries their pixels' fingerprint, the others their index's."""
+    pixels = manifest["splits"][split].get("pixels")
+    return {"kind": "pack", "uri": uri, "encoding": manifest["encoding"],
+            "fingerprint": pixels or fingerprint(labels, sizes)}

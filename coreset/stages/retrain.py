@@ -32,7 +32,9 @@ from coreset.methods.budget import global_budget
 from coreset.models import build_model
 from coreset.placement import Placement
 from coreset.rates import Rate, rate
+from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
+from coreset.tables import read_table
 from coreset.training import build_optimizer, build_scheduler, evaluate, prepare_model, train_one_epoch
 
 
@@ -105,6 +107,13 @@ def subset_ids(trial: Trial, subsets: pd.DataFrame, train_ids: np.ndarray) -> np
     return np.sort(rows.sample_id.to_numpy())
 
 
+def recorded_subset(root: StudyRoot, trial: Trial) -> np.ndarray:
+    """The sorted train ids ``trial`` trains on: its subset as the score stage recorded it
+    (``subsets/<method>.parquet``), or the recorded train split for ``full``."""
+    subsets = read_table(root, layout.subsets(trial.method), "subsets") if trial.method != "full" else pd.DataFrame()
+    return subset_ids(trial, subsets, recorded_train_ids(root))
+
+
 def trial_images(trial: Trial, n_train: int) -> int:
     """The images a trial trains on: the whole train split, or its method's subset (k of the
     budget rule, class-balanced or global alike) at the trial's fraction."""
@@ -143,7 +152,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
         tcfg = dataclasses.replace(tcfg, schedule="constant")
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
-    train = datasets.batches("train", ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
+    train = datasets.subset_batches(ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
     stream = cycle_batches(train)
     test = datasets.batches("test", None, cfg.train.eval_batch_size)
     accs = []

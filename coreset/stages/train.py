@@ -30,6 +30,7 @@ from coreset import layout
 from coreset.checkpoints import load_checkpoint, model_meta, save_checkpoint
 from coreset.config import StudyConfig
 from coreset.data import Datasets, load_datasets, probe_ids, split_ids, train_val_split
+from coreset.data.identity import check_same_source
 from coreset.devices import pick_device
 from coreset.errors import DataError
 from coreset.gradients.last_layer import last_layer_factors, last_layer_norms
@@ -93,6 +94,7 @@ def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: boo
                 or not np.array_equal(split.label.to_numpy(), datasets.train.labels.numpy())):
             raise DataError(f"{root.url(layout.SPLIT)} does not match the {cfg.data.name} train set "
                              f"({len(split)} rows vs {len(datasets.train)} images); use a new study root")
+        _check_source(root, datasets, write)
         return split
     split = train_val_split(datasets.train.labels.numpy(), cfg.data.val_fraction, cfg.seed)
     if write:
@@ -100,6 +102,7 @@ def load_split(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, write: boo
         if len(skipped):
             write_table(root, layout.SKIPPED_FILES, skipped, "skipped_files")
         write_table(root, layout.SPLIT, split, "split")
+        record_data_source(root, datasets)
     return split
 
 
@@ -108,6 +111,26 @@ def check_study_data(cfg: StudyConfig, root: StudyRoot, datasets: Datasets) -> N
     unreadable files left out. Otherwise the sample ids of its tables would silently shift."""
     if root.exists(layout.SPLIT):
         load_split(cfg, root, datasets, write=False)
+
+
+def record_data_source(root: StudyRoot, datasets: Datasets) -> None:
+    """Record what data the study reads (:mod:`coreset.data.identity`); a job on an older root
+    that has a split but no record records it then."""
+    root.write_bytes(layout.DATA_SOURCE, json.dumps(datasets.identity(), indent=1).encode())
+
+
+def record_missing_data_source(root: StudyRoot, datasets: Datasets) -> None:
+    """For a root started before the record existed (its data was checked against the split)."""
+    if root.exists(layout.SPLIT) and not root.exists(layout.DATA_SOURCE):
+        record_data_source(root, datasets)
+
+
+def _check_source(root: StudyRoot, datasets: Datasets, write: bool) -> None:
+    if root.exists(layout.DATA_SOURCE):
+        check_same_source(json.loads(root.read_bytes(layout.DATA_SOURCE)), datasets.identity(),
+                          root.url(layout.DATA_SOURCE))
+    elif write:
+        record_data_source(root, datasets)
 
 
 def skipped_files(datasets: Datasets) -> pd.DataFrame:
