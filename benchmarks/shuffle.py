@@ -2,15 +2,16 @@
 lose accuracy against a full random permutation? Source training on real Tiny-ImageNet-10
 (10 classes, 4.5k train images after the val split) from the folder (decoded in memory:
 a full permutation each epoch) and from its pack forced to stream (``data.max_decoded_gb=0``)
-at each ``--buffers`` size, same model, seed and epochs.
+at each ``--buffers`` size and ``--chunks`` run length (``data.shuffle_chunk``; a run longer
+than a shard reads whole shards), same model, seed and epochs.
 
 The pack is cut by class with ``--shard-mb`` (default 2.5: one class of ~500 JPEGs a shard,
 as a 256 MB ImageNet shard holds 1-2 classes); a buffer of ``B`` images then draws each batch
 from about ``2B / 450`` shards' worth of images (README "Shuffling a streamed pack").
 
-    python benchmarks/shuffle.py [--epochs 4] [--buffers 50000 1000 250] [--work /tmp/shuffle]
+    python benchmarks/shuffle.py [--epochs 4] [--buffers 2000 500] [--chunks 64 100000] [--work /tmp/shuffle]
 
-Writes shuffle.parquet (``source, buffer, epochs, test_acc, train_s``).
+Writes shuffle.parquet (``source, buffer, chunk, shards, epochs, test_acc, train_s``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 
 from coreset.config import DataConfig, ModelConfig, StudyConfig, TrainConfig
 from coreset.data.formats import load_splits
-from coreset.data.pack import PackSettings, finish_pack, pack_source, plan_pack, start_pack, write_shard
+from coreset.data.pack import PackSettings, write_pack
 from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
 
@@ -34,15 +35,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-
 
 
 def pack(cfg: DataConfig, out: Path, shard_mb: float) -> int:
-    """Pack ``cfg``'s dataset into ``out`` in this process (jobs/pack.py runs the same steps as
-    Ray tasks); returns the train shards."""
-    train, test = (pack_source(ds) for ds in load_splits(cfg))
-    settings = PackSettings(shard_mb=shard_mb)
-    plan = plan_pack(cfg.name, train, test, settings)
-    root = StudyRoot(str(out))
-    for work in start_pack(root, plan):
-        write_shard(root, {"train": train, "test": test}[work.split], work, settings)
-    return len(finish_pack(root, plan)["splits"]["train"]["shards"])
+    """Pack ``cfg``'s dataset into ``out`` in this process; returns the train shards."""
+    manifest = write_pack(cfg.name, *load_splits(cfg), StudyRoot(str(out)), PackSettings(shard_mb=shard_mb))
+    return len(manifest["splits"]["train"]["shards"])
 
 
 def accuracy(study: StudyConfig, root: Path) -> tuple[float, float]:
@@ -56,7 +51,8 @@ def accuracy(study: StudyConfig, root: Path) -> tuple[float, float]:
 def main() -> None:
     p = harness.parser(__doc__.split("\n")[0])
     p.add_argument("--epochs", type=harness.positive, default=4)
-    p.add_argument("--buffers", type=harness.positive, nargs="+", default=[50_000, 1000, 250])
+    p.add_argument("--buffers", type=harness.positive, nargs="+", default=[2000, 500])
+    p.add_argument("--chunks", type=harness.positive, nargs="+", default=[64, 100_000])
     p.add_argument("--shard-mb", type=float, default=2.5)
     p.add_argument("--size", type=harness.positive, default=32, help="image size the model sees")
     p.add_argument("--work", type=Path, default=None, help="folder for the cache, pack and roots (default: a temp dir)")
@@ -68,13 +64,14 @@ def main() -> None:
     study = StudyConfig(name="shuffle", seed=0, data=data, model=ModelConfig(name="cnn5"),
                         train=TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05, probe_size=16, use_gpu="no"))
     streamed = dataclasses.replace(data, root=str(work / "pack"), max_decoded_gb=0.0)
-    runs = [("folder", 0, study)] + [
-        ("pack", b, dataclasses.replace(study, data=dataclasses.replace(streamed, shuffle_buffer=b)))
-        for b in args.buffers]
+    runs = [("folder", 0, 0, study)] + [
+        ("pack", b, c, dataclasses.replace(study, data=dataclasses.replace(streamed, shuffle_buffer=b,
+                                                                           shuffle_chunk=c)))
+        for b in args.buffers for c in args.chunks]
     rows = []
-    for source, buffer, cfg in runs:
-        acc, seconds = accuracy(cfg, work / f"root-{source}-{buffer}")
-        rows.append({"source": source, "buffer": buffer, "shards": shards if source == "pack" else 0,
+    for source, buffer, chunk, cfg in runs:
+        acc, seconds = accuracy(cfg, work / f"root-{source}-{buffer}-{chunk}")
+        rows.append({"source": source, "buffer": buffer, "chunk": chunk, "shards": shards if source == "pack" else 0,
                      "epochs": args.epochs, "test_acc": acc, "train_s": seconds})
         print(rows[-1], file=sys.stderr, flush=True)
     harness.write_result(pd.DataFrame(rows), "shuffle", args.out, title="Tiny-ImageNet-10 source training: folder "

@@ -246,9 +246,9 @@ def test_reencoded_pack_records_its_encoding_and_smaller_images(tiny: tuple[Path
 
 @pytest.fixture
 def pack_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``<uri>:<split>`` of every read of a pack's shards (whole-shard streams and range reads)."""
+    """``<uri>:<split>`` of every read of a pack's shards (whole-shard streams, span and range reads)."""
     reads: list[str] = []
-    stream, ranges = PackedSplit.stream, PackedSplit._ranges
+    stream, ranges, span = PackedSplit.stream, PackedSplit._ranges, PackedSplit._read_span
 
     def counted_stream(self: PackedSplit, shard: int):
         reads.append(self.uri)
@@ -258,7 +258,12 @@ def pack_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         reads.append(f"{self.uri}:{self.split}")
         return ranges(self, ids)
 
+    def counted_span(self: PackedSplit, shard: int, start: int, stop: int) -> bytes:
+        reads.append(f"{self.uri}:{self.split}")
+        return span(self, shard, start, stop)
+
     monkeypatch.setattr(PackedSplit, "stream", counted_stream)
+    monkeypatch.setattr(PackedSplit, "_read_span", counted_span)
     monkeypatch.setattr(PackedSplit, "_ranges", counted_ranges)
     return reads
 

@@ -87,7 +87,7 @@ class _Breaks:
     def read(self, n: int = -1) -> bytes:
         if self.budget <= 0:
             raise OSError("injected: connection reset mid-stream")
-        data = self.inner.read(n if n >= 0 else self.budget)
+        data = self.inner.read(min(n, self.budget) if n >= 0 else self.budget)  # the bytes before the reset
         self.budget -= len(data)
         return data
 
@@ -176,22 +176,37 @@ def test_gradient_shards_are_the_streaming_packs_shards(tiny: tuple[Path, Path, 
     ds = _lazy(tiny)  # a worker reads its shard in one request
     handler = _faulty(ds, Faulty())
     list(ds.batches("train", tasks_ids := np.array(train_ids[3]), 4))
-    assert handler.streams == ["train-000003.tar"] and handler.ranges == [] and len(tasks_ids) >= 5
+    assert handler.ranges == ["train-000003.tar"] and handler.streams == [] and len(tasks_ids) >= 5
 
 
-def test_shuffled_epoch_streams_each_shard_once_through_the_buffer(tiny: tuple[Path, Path, Path]) -> None:
+def test_shuffled_epoch_reads_each_shard_once_through_the_buffer(tiny: tuple[Path, Path, Path]) -> None:
     ds = _lazy(tiny, shuffle_buffer=12)
     handler = _faulty(ds, Faulty())
     ids = np.setdiff1d(np.arange(60), [3, 17, 18, 44])
     order, x = _epoch(ds, ids)
     assert sorted(order.tolist()) == ids.tolist()  # every id once
-    assert sorted(handler.streams) == [f"train-{k:06d}.tar" for k in range(9)] and handler.ranges == []
+    assert sorted(handler.ranges) == [f"train-{k:06d}.tar" for k in range(9)] and handler.streams == []
     shards = ds.train.pack.shard_of[order.numpy()]
     assert len(set(shards[:8].tolist())) >= 2  # a batch mixes shards
     assert not np.array_equal(order.numpy(), np.sort(order.numpy()))
     again, x_again = _epoch(ds, ids)
     assert torch.equal(order, again) and torch.equal(x, x_again)
     assert not torch.equal(order, _epoch(ds, ids, epoch=2)[0])
+
+
+def test_runs_of_shuffle_chunk_images_are_read_in_an_order_over_every_shard(tiny: tuple[Path, Path, Path]) -> None:
+    """Shards hold one class (part) each: runs of 3 images, one request each, in a random order
+    over all shards, so the buffer mixes classes from the first batch on."""
+    ds = _lazy(tiny, shuffle_buffer=6, shuffle_chunk=3)
+    handler = _faulty(ds, Faulty())
+    ids = np.arange(60)
+    order, _ = _epoch(ds, ids)
+    assert sorted(order.tolist()) == ids.tolist()
+    assert len(handler.ranges) == 6 * 3 + 3 * 2 and handler.streams == []  # shards of 7 images: 3 runs, of 6: 2
+    first = ds.train.labels[order[:12]]
+    assert len(set(first.tolist())) == 3  # all three classes in the first 12 images
+    whole = _lazy(tiny, shuffle_buffer=6, shuffle_chunk=64)
+    assert not torch.equal(_epoch(whole, ids)[0], order)
 
 
 def test_the_order_does_not_depend_on_loader_workers(tiny: tuple[Path, Path, Path]) -> None:

@@ -45,7 +45,7 @@ class Datasets:
             ids = np.arange(len(ds))
         return Batches(ds, ids, batch_size, self.transform(), train=train, shuffle=shuffle, seed=seed,
                        rank=rank, world=world, loader_workers=self.config.loader_workers,
-                       shuffle_buffer=self.config.shuffle_buffer)
+                       shuffle_buffer=self.config.shuffle_buffer, shuffle_chunk=self.config.shuffle_chunk)
 
     def subset_batches(self, ids: np.ndarray, batch_size: int, train: bool = False, shuffle: bool = False,
                        seed: int = 0) -> Batches:

@@ -38,8 +38,11 @@ from coreset.storage import StudyRoot
 
 __all__ = ["PackedSplit", "is_pack", "load_pack", "retried", "train_shards"]
 
-# A group of ids reading at least this fraction of its shard streams the whole shard.
+# A group of ids whose images fill at least this fraction of the bytes they span is read in
+# one request of that span (a whole shard, a run of a shuffled epoch), else one per image.
 STREAM_FRACTION = 0.25
+# A shard streamed front to back (decoding a small pack) is read this many bytes a request.
+STREAM_BUFFER = 16 << 20
 # Pauses before the 2nd and 3rd try of a read that failed with a transient OSError (an object
 # store's 500/503, a reset connection): a few seconds at most, then the job stops naming the file.
 RETRY_PAUSES = (0.5, 2.0)
@@ -126,14 +129,24 @@ class PackedSplit:
         return np.split(order, cuts)
 
     def read_group(self, ids: np.ndarray) -> list[bytes]:
-        """The bytes of ``ids`` (one shard): the whole shard streamed in one request when they
-        are a large part of it, else a range read each."""
+        """The bytes of ``ids`` (one shard): one range read of the bytes they span when their
+        images are a large part of it (a whole shard for the gradient stage, a run of a
+        shuffled epoch), else a range read each (a few images of a small subset)."""
         shard = int(self.shard_of[ids[0]])
-        if len(ids) < STREAM_FRACTION * self.shards[shard]["count"]:
+        starts, sizes = self.offsets[ids], self.sizes[ids]
+        start, stop = int(starts.min()), int((starts + sizes).max())
+        if sizes.sum() < STREAM_FRACTION * (stop - start):
             return self._ranges(ids)
-        wanted = {member_key(int(i)): int(i) for i in ids}
-        found = {wanted[key]: data for key, data in self.stream(shard) if key in wanted}
-        return [found[int(i)] for i in ids]
+        span = retried(self.member(int(ids[0])), lambda: self._read_span(shard, start, stop))
+        return [span[o - start: o - start + n] for o, n in zip(starts.tolist(), sizes.tolist(), strict=True)]
+
+    def _read_span(self, shard: int, start: int, stop: int) -> bytes:
+        with self.root.fs.open_input_file(self.root.path(self.shards[shard]["name"])) as f:
+            data = f.read_at(stop - start, start)
+        if len(data) != stop - start:
+            raise DataError(f"{self.shard_url(shard)} is truncated: its images end past byte {start + len(data)}; "
+                            f"repack it")
+        return data
 
     def stream(self, shard: int) -> Iterator[tuple[str, bytes]]:
         """``(key, image bytes)`` of every image of a shard, front to back, one request; a
@@ -155,8 +168,11 @@ class PackedSplit:
                 time.sleep(pause)
 
     def _members(self, shard: int, skip: int) -> Iterator[tuple[str, bytes]]:
-        """The images of a shard after its first ``skip``, read in one request."""
-        with self.root.fs.open_input_stream(self.root.path(self.shards[shard]["name"])) as f, \
+        """The images of a shard after its first ``skip``, read front to back through a buffer
+        of :data:`STREAM_BUFFER` bytes (unbuffered, an S3 stream sends a ranged GET for every
+        ``tarfile`` read of a 512-byte header)."""
+        path = self.root.path(self.shards[shard]["name"])
+        with self.root.fs.open_input_stream(path, buffer_size=STREAM_BUFFER) as f, \
                 tarfile.open(fileobj=f, mode="r|") as tar:
             images = (m for m in tar if not m.name.endswith(".cls"))
             for k, m in enumerate(images):
