@@ -118,7 +118,9 @@ def test_data_smoke(shared_data: Path, tmp_path: Path) -> None:
     proc = run("data.py", "--data", str(folder), "--repeats", "1", "--shard-mb", "0.02", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     read = pd.read_parquet(tmp_path / "data_read.parquet")
-    assert list(read.columns) == ["reader", "order", "images", "min_s", "median_s", "images_per_s", "vs_folder"]
+    assert list(read.columns) == ["reader", "order", "images", "min_s", "median_s", "images_per_s", "vs_folder",
+                                  "server_cpu_s", "client_vs_folder"]
+    assert (read.server_cpu_s[read.reader.str.contains("s3")] > 0).all()
     assert set(zip(read.reader, read.order, strict=True)) >= {("bare", "in order"), ("folder", "shuffled"),
                                                               ("pack (s3)", "in order"), ("pack (s3)", "shuffled"),
                                                               ("ray data (s3)", "in order")}

@@ -10,6 +10,9 @@ worker traceback).
 """
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import multiprocessing.context
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -141,10 +144,13 @@ class Batches:
                                 f"remove the file (removing renumbers sample ids: use a new --root)")
             yield self.transform(images, self.train, g), labels, ids
 
-    def _context(self) -> str | None:
-        """A forked S3 client hangs: loader workers of a remote pack start fresh (spawn)."""
+    def _context(self) -> multiprocessing.context.BaseContext | None:
+        """A forked S3 client hangs, so loader workers of a remote pack must not fork this
+        process. They fork a fork server instead, which imported the loader once: spawning
+        fresh interpreters would cost each ``Batches`` pass seconds of imports per worker (a
+        gradient shard, a trial's epoch), forking from the server milliseconds."""
         pack = self.dataset.pack
-        return "spawn" if pack is not None and "://" in pack.uri and self.loader_workers else None
+        return _fork_server() if pack is not None and "://" in pack.uri and self.loader_workers else None
 
     def _loaded(self, groups: _Groups, pin: bool = False) -> DataLoader:
         """The groups decoded by loader workers, handed over in order whatever the workers' timing."""
@@ -205,6 +211,13 @@ class Batches:
         except DataError as e:
             return str(e)
         return f"cannot decode {self.dataset.source(index)}"
+
+
+@functools.cache
+def _fork_server() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["coreset.data.loader"])
+    return context
 
 
 class _Groups(Dataset):
