@@ -201,8 +201,8 @@ def measure(args: object, tmp: Path, server: object) -> None:
     table["vs_folder"] = table.min_s / table.order.map(base)
     # The local S3 server shares this machine's cores; a store elsewhere would not. What the
     # server spent per pass (its process CPU time over one more pass) is not the client's cost.
-    server = psutil.Process(server_pid)
-    table["server_cpu_s"] = [_cpu(server, pieces[k]) if "s3" in k else 0.0 for k in timings]
+    store = psutil.Process(server_pid)
+    table["server_cpu_s"] = [_cpu(store, pieces[k]) if "s3" in k else 0.0 for k in timings]
     table["client_vs_folder"] = (table.min_s - table.server_cpu_s) / table.order.map(base)
     harness.write_result(table, "data_read", args.out,
                          title=f"Reading {n} train images ({args.data.name}), one thread: images/s per core")
