@@ -21,16 +21,7 @@ from coreset.cluster.runtime import init_ray, one_line_errors
 from coreset.data import load_datasets
 from coreset.data.formats import load_splits
 from coreset.data.imageset import ImageSet
-from coreset.data.pack import (
-    SPLITS,
-    PackSettings,
-    ShardWork,
-    finish_pack,
-    pack_source,
-    plan_pack,
-    start_pack,
-    write_shard,
-)
+from coreset.data.pack import PackSettings, ShardWork, finish_pack, planned, start_pack, write_shard
 from coreset.errors import ConfigError
 from coreset.progress import Progress, duration
 from coreset.stages.export import SUBSET_CSV, check_subset, study_config, subset_pack, write_subset_csv
@@ -113,8 +104,7 @@ def pack_main(doc: str) -> None:
     job, ns = parse_job_args(doc.splitlines()[0], extend=_pack_args)
     settings = PackSettings(ns.shard_mb, ns.short_side, ns.quality)
     with one_line_errors():
-        sources = dict(zip(SPLITS, (pack_source(ds) for ds in load_splits(job.config.data)), strict=True))
-        plan = plan_pack(job.config.data.name, sources["train"], sources["test"], settings)
+        plan, sources = planned(job.config.data.name, *load_splits(job.config.data), settings)
         run_pack(plan, sources, StudyRoot(ns.out), settings, job.address, job.verbose)
 
 

@@ -1,6 +1,7 @@
 """Datasets by name, their canonical sample ids, the validation split and batch loaders."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +31,10 @@ class Datasets:
     def spec(self) -> InputSpec:
         return InputSpec(self.train.channels, self.size, self.train.num_classes)
 
+    @functools.cached_property
     def identity(self) -> dict:
-        """What a study records of this data (:func:`coreset.data.identity.data_identity`)."""
+        """What a study records of this data (:func:`coreset.data.identity.data_identity`), worked
+        out once: every stage's check and the record compare it (decoded arrays hash their pixels)."""
         return data_identity(self.config.name, self.config.root, self.train, self.test)
 
     def transform(self) -> BatchTransform:

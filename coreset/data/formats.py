@@ -28,6 +28,7 @@ import torchvision
 from coreset.config import DataConfig
 from coreset.data.cache import cached_decode, write_cache_file
 from coreset.data.decode import DECODER
+from coreset.data.identity import folder_origin
 from coreset.data.idx import IDX_FILES, find_idx_files, idx_splits
 from coreset.data.imageset import DataError, ImageSet, decode_files, unreadable_headers
 from coreset.data.packed import is_pack, load_pack
@@ -205,19 +206,19 @@ def _folder_splits(cfg: DataConfig, folder: Path, channels: int) -> tuple[ImageS
     sets = []
     for split_dir, files, labels in ((folder / "train", train_files, train_labels),
                                      (test_dir, test_files, test_labels)):
+        stats = [f.stat() for f in files]  # one stat a file: the cache keys and the study's record of the data
         if decoded:
-            images, bad = _decoded_cached(files, channels, size, cache_dir(cfg))
+            images, bad = _decoded_cached(files, stats, channels, size, cache_dir(cfg))
         else:
-            bad = _checked_headers(files, cache_dir(cfg))
+            bad = _checked_headers(files, stats, cache_dir(cfg))
+        size_of = {f: st.st_size for f, st in zip(files, stats, strict=True)}
         files, labels, skipped = _apply_corrupt_policy(cfg, split_dir, files, labels, bad)
         paths = [str(f.relative_to(split_dir)) for f in files]
         lab = torch.tensor(labels, dtype=torch.int64)
-        if decoded:
-            sets.append(ImageSet(lab, train_classes, channels, images=images, paths=paths, skipped=skipped,
-                                 root=split_dir))
-        else:
-            sets.append(ImageSet(lab, train_classes, channels, files=files, paths=paths, skipped=skipped,
-                                 root=split_dir))
+        origin = folder_origin(cfg.root, lab.numpy(), np.array([size_of[f] for f in files], dtype=np.int64))
+        held = {"images": images} if decoded else {"files": files}
+        sets.append(ImageSet(lab, train_classes, channels, paths=paths, skipped=skipped, root=split_dir,
+                             origin=origin, **held))
     return sets[0], sets[1]
 
 
@@ -239,26 +240,25 @@ def _apply_corrupt_policy(cfg: DataConfig, split_dir: Path, files: list[Path], l
     return [files[i] for i in keep], [labels[i] for i in keep], skipped
 
 
-def _fingerprint(files: list[Path], *extra: object) -> str:
-    """Changes when a file is added, removed, renamed, rewritten or touched (one stat a file)."""
+def _fingerprint(files: list[Path], stats: list[os.stat_result], *extra: object) -> str:
+    """Changes when a file is added, removed, renamed, rewritten or touched (``stats``: each file's)."""
     h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
+    for f, st in zip(files, stats, strict=True):
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     h.update(":".join(map(str, extra)).encode())
     return h.hexdigest()[:20]
 
 
-def _decoded_cached(files: list[Path], channels: int, size: int,
+def _decoded_cached(files: list[Path], stats: list[os.stat_result], channels: int, size: int,
                     cache: Path) -> tuple[torch.Tensor, list[tuple[int, str]]]:
     """Decode once per machine (:func:`coreset.data.cache.cached_decode`), keyed by the file listing."""
-    path = cache / "decoded" / f"{_fingerprint(files, channels, size, DECODER)}.npy"
+    path = cache / "decoded" / f"{_fingerprint(files, stats, channels, size, DECODER)}.npy"
     return cached_decode(path, lambda: decode_files(files, channels, size))
 
 
-def _checked_headers(files: list[Path], cache: Path) -> list[tuple[int, str]]:
+def _checked_headers(files: list[Path], stats: list[os.stat_result], cache: Path) -> list[tuple[int, str]]:
     """Unreadable headers of a file-backed set, checked once per machine and file listing."""
-    path = cache / "checked" / f"{_fingerprint(files, 'headers')}.json"
+    path = cache / "checked" / f"{_fingerprint(files, stats, 'headers')}.json"
     if path.is_file():
         return [(int(i), str(r)) for i, r in json.loads(path.read_text())]
     bad = unreadable_headers(files)

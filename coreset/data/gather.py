@@ -15,7 +15,6 @@ sample ids, in the batches the whole set would give.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tarfile
@@ -30,7 +29,7 @@ from coreset.data.cache import cache_key, cached_decode
 from coreset.data.decode import DECODER
 from coreset.data.imageset import ImageSet, decode_all
 from coreset.data.loader import Batch, Batches
-from coreset.data.pack import extension, member_key
+from coreset.data.pack import add_member, extension, member_key
 from coreset.data.packed import PackedSplit
 from coreset.errors import DataError
 
@@ -101,9 +100,7 @@ def _write_tar(path: Path, images: Iterator[bytes]) -> None:
     try:
         with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for position, data in enumerate(images):
-                info = tarfile.TarInfo(f"{member_key(position)}.{extension(data)}")
-                info.size, info.mode, info.mtime = len(data), 0o444, 0
-                tar.addfile(info, io.BytesIO(data))
+                add_member(tar, f"{member_key(position)}.{extension(data)}", data)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

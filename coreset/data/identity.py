@@ -18,7 +18,7 @@ import numpy as np
 from coreset.data.imageset import ImageSet, source_files
 from coreset.errors import DataError
 
-__all__ = ["ORIGINAL", "check_same_source", "data_identity", "describe", "fingerprint", "split_origin"]
+__all__ = ["ORIGINAL", "check_same_source", "data_identity", "describe", "fingerprint", "folder_origin", "split_origin"]
 
 ORIGINAL = {"kind": "original"}
 
@@ -33,6 +33,11 @@ def fingerprint(labels: np.ndarray, sizes: np.ndarray, pixels: bytes = b"") -> s
     return h.hexdigest()
 
 
+def folder_origin(where: str, labels: np.ndarray, sizes: np.ndarray) -> dict:
+    """A folder split's origin from its files' sizes (the folder loader has them from its own stats)."""
+    return {"kind": "folder", "uri": where, "encoding": ORIGINAL, "fingerprint": fingerprint(labels, sizes)}
+
+
 def split_origin(ds: ImageSet, where: str) -> dict:
     """A split's origin: the pack reader's, or a folder's from its files' sizes (one stat a
     file), or, for images that came decoded (torchvision, IDX, synthetic), their pixels hashed."""
@@ -41,8 +46,7 @@ def split_origin(ds: ImageSet, where: str) -> dict:
     labels = ds.labels.numpy()
     files = source_files(ds)
     if files is not None:
-        sizes = np.array([f.stat().st_size for f in files], dtype=np.int64)
-        return {"kind": "folder", "uri": where, "encoding": ORIGINAL, "fingerprint": fingerprint(labels, sizes)}
+        return folder_origin(where, labels, np.array([f.stat().st_size for f in files], dtype=np.int64))
     assert ds.images is not None
     sizes = np.full(len(labels), ds.images[0].numel() if len(labels) else 0)
     return {"kind": "arrays", "uri": where, "encoding": ORIGINAL,

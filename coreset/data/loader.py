@@ -4,7 +4,8 @@ One class serves training (shuffled, augmented, sharded across data-parallel ran
 evaluation and the gradient stage (ordered, no augmentation). Decoded datasets are
 sliced directly from memory; file-backed and packed ones go through a torch DataLoader
 whose workers decode JPEGs (a packed set read in order: shard by shard; a shuffled epoch
-over most of a pack: whole shards in a seeded order, mixed through a shuffle buffer); an
+over most of a pack: runs of a few dozen images in a seeded order over every shard, mixed
+through a shuffle buffer); an
 image they cannot decode stops the run with a one-line :class:`DataError` naming it (not a
 worker traceback).
 """
@@ -237,11 +238,8 @@ class _Groups(Dataset):
         groups = self.items[g]
         pack = self.dataset.pack
         assert pack is not None
-        if len(groups) == 1:
-            encoded = pack.read_group(groups[0])
-        else:
-            with ThreadPoolExecutor(len(groups)) as pool:
-                encoded = [data for part in pool.map(pack.read_group, groups) for data in part]
+        with ThreadPoolExecutor(len(groups)) as pool:
+            encoded = [data for part in pool.map(pack.read_group, groups) for data in part]
         images, ok = decode_batch(encoded, self.dataset.channels, self.size)
         index = torch.from_numpy(np.concatenate(groups))
         return images, self.dataset.labels[index], index, ok

@@ -40,7 +40,8 @@ from coreset.errors import DataError
 from coreset.storage import StudyRoot
 
 __all__ = ["FORMAT", "MANIFEST", "PackSettings", "ShardWork", "finish_pack", "index_name", "member_key",
-           "pack_source", "plan_pack", "shard_name", "start_pack", "subset_source", "write_pack", "write_shard"]
+           "add_member", "pack_source", "plan_pack", "planned", "shard_name", "start_pack", "stored_bytes",
+           "subset_source", "write_pack", "write_shard"]
 
 FORMAT = "coreset-pack/1"
 MANIFEST = "manifest.json"
@@ -191,23 +192,33 @@ def start_pack(out: StudyRoot, plan: dict) -> list[ShardWork]:
     return [w for w in shard_work(plan) if w.name.removesuffix(".tar") not in done or not out.exists(w.name)]
 
 
-def encoded_image(ds: ImageSet, files: list[Path] | None, index: int, settings: PackSettings) -> bytes:
-    """The bytes a pack stores for ``index`` (a file's, or a pack's range for a coreset's pack):
-    checked to decode, re-encoded when asked. A file that does not decode stops the pack naming
-    it (ids are assigned by then, as for a file-backed folder whose damage shows in a loader worker)."""
-    if files is None and ds.pack is None:
+def stored_bytes(ds: ImageSet, files: list[Path] | None, ids: range) -> list[bytes] | None:
+    """The stored bytes of images ``ids`` (``None`` for images that came decoded): each file's,
+    or a pack's (a coreset's pack of a packed study) read per shard group, one span request
+    where they are dense (:meth:`PackedSplit.read_group`), not one request an image."""
+    if files is not None:
+        return [files[i].read_bytes() for i in ids]
+    if ds.pack is not None:
+        return [data for group in ds.pack.groups(np.arange(ids.start, ids.stop)) for data in ds.pack.read_group(group)]
+    return None
+
+
+def encoded_image(ds: ImageSet, stored: bytes | None, index: int, settings: PackSettings) -> bytes:
+    """The bytes a pack stores for ``index`` (from its ``stored`` bytes, a file's or a pack's
+    range; ``None``: its decoded pixels): checked to decode, re-encoded when asked. A file that
+    does not decode stops the pack naming it (ids are assigned by then, as for a file-backed
+    folder whose damage shows in a loader worker)."""
+    if stored is None:
         assert ds.images is not None
         image = ds.images[index]
         return encode_jpeg(_short_side(image, settings), settings.quality) if settings.short_side \
             else _png(image)
-    data = files[index].read_bytes() if files is not None else ds.encoded(index)
-    where = files[index] if files is not None else ds.source(index)
     try:
-        image = decode_image(data, ds.channels)
+        image = decode_image(stored, ds.channels)
     except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt files
-        raise DataError(f"cannot decode {where}: {reason(e)}; repair or remove it (data.corrupt=skip "
+        raise DataError(f"cannot decode {ds.source(index)}: {reason(e)}; repair or remove it (data.corrupt=skip "
                         f"leaves out only files whose header is unreadable when a large set loads)") from None
-    return encode_jpeg(_short_side(image, settings), settings.quality) if settings.short_side else data
+    return encode_jpeg(_short_side(image, settings), settings.quality) if settings.short_side else stored
 
 
 def _short_side(image: torch.Tensor, settings: PackSettings) -> torch.Tensor:
@@ -230,21 +241,27 @@ def extension(data: bytes) -> str:
     return next((ext for magic, ext in _EXTENSIONS.items() if data.startswith(magic)), "img")
 
 
+def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    """One tar member with fixed headers (mtime 0, root owner, mode 0444): the same images give
+    the same bytes on every run."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(payload), 0o444, 0
+    tar.addfile(info, io.BytesIO(payload))
+
+
 def shard_tar(ds: ImageSet, work: ShardWork, settings: PackSettings) -> tuple[bytes, pd.DataFrame]:
-    """The tar bytes of one shard and its index rows. Member headers are fixed (mtime 0, root
-    owner, mode 0444): the same images give the same bytes on every run."""
-    files = source_files(ds)
+    """The tar bytes of one shard and its index rows (members by :func:`add_member`)."""
+    ids = range(work.first, work.first + work.count)
+    stored = stored_bytes(ds, source_files(ds), ids)
     buf = io.BytesIO()
     keys = []
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sid in range(work.first, work.first + work.count):
-            data = encoded_image(ds, files, sid, settings)
+        for k, sid in enumerate(ids):
+            data = encoded_image(ds, stored[k] if stored is not None else None, sid, settings)
             key = member_key(sid)
             keys.append(f"{key}.{extension(data)}")
-            for name, payload in ((keys[-1], data), (f"{key}.cls", str(int(ds.labels[sid])).encode())):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(payload), 0o444, 0
-                tar.addfile(info, io.BytesIO(payload))
+            add_member(tar, keys[-1], data)
+            add_member(tar, f"{key}.cls", str(int(ds.labels[sid])).encode())
     raw = buf.getvalue()
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r") as tar:
         where = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
@@ -286,12 +303,16 @@ def finish_pack(out: StudyRoot, plan: dict) -> dict:
     return manifest
 
 
+def planned(name: str, train: ImageSet, test: ImageSet, settings: PackSettings) -> tuple[dict, dict[str, ImageSet]]:
+    """The plan of the pack of (train, test) and each split's source for the shard writers."""
+    sources = {"train": pack_source(train), "test": pack_source(test)}
+    return plan_pack(name, sources["train"], sources["test"], settings), sources
+
 
 def write_pack(name: str, train: ImageSet, test: ImageSet, out: StudyRoot, settings: PackSettings) -> dict:
     """The whole pack in this process, shard after shard (tests, benchmarks): the pack job runs
     the same steps with each shard a Ray task. Resumes like it; returns the manifest."""
-    sources = {"train": pack_source(train), "test": pack_source(test)}
-    plan = plan_pack(name, sources["train"], sources["test"], settings)
+    plan, sources = planned(name, train, test, settings)
     for work in start_pack(out, plan):
         write_shard(out, sources[work.split], work, settings)
     return finish_pack(out, plan)

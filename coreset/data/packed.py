@@ -4,10 +4,10 @@ A pack is opened from its manifest and indexes, and every shard is checked again
 manifest's byte sizes with one listing, so a missing or truncated shard stops the job at
 start with one line naming it. Packs small enough to decode (``data.max_decoded_gb``) are
 streamed once, each shard front to back in one request, and held decoded like a small
-folder; larger ones stay packed and are read per batch: whole shards where a batch run
-reads most of a shard (the gradient stage in order, a shuffled epoch in a seeded shard
-order: :class:`coreset.data.loader.Batches`), range reads at the index's offsets for a few
-images (a small subset). Transient read errors are retried a bounded number of times
+folder; larger ones stay packed and are read per batch: one request for the bytes a group
+of images spans where they fill most of it (a whole shard for the gradient stage, a run of a
+shuffled epoch: :class:`coreset.data.loader.Batches`), range reads at the index's offsets
+for a few images (a small subset). Transient read errors are retried a bounded number of times
 (:func:`retried`). Images decode through the project's one decode path, so a pack gives the
 folder's pixels.
 """
@@ -39,7 +39,8 @@ from coreset.storage import StudyRoot
 __all__ = ["PackedSplit", "is_pack", "load_pack", "retried", "train_shards"]
 
 # A group of ids whose images fill at least this fraction of the bytes they span is read in
-# one request of that span (a whole shard, a run of a shuffled epoch), else one per image.
+# one request of that span (a whole shard, a run of a shuffled epoch), else one per image; and
+# a shuffled epoch streams runs when its ids are at least this fraction of their shards' images.
 STREAM_FRACTION = 0.25
 # A shard streamed front to back (decoding a small pack) is read this many bytes a request.
 STREAM_BUFFER = 16 << 20

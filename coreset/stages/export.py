@@ -67,7 +67,7 @@ def subset_pack(cfg: StudyConfig, root: StudyRoot, datasets: Datasets, trial: Tr
     plan = plan_pack(cfg.data.name, sources["train"], sources["test"], settings)
     plan["subset"] = {"study": root.url(), "name": cfg.name, "method": trial.method, "fraction": trial.fraction,
                       "seed": trial.seed, "settings": method_settings, "images": len(ids),
-                      "data": datasets.identity()}
+                      "data": datasets.identity}
     return plan, sources, ids
 
 

@@ -116,7 +116,7 @@ def check_study_data(cfg: StudyConfig, root: StudyRoot, datasets: Datasets) -> N
 def record_data_source(root: StudyRoot, datasets: Datasets) -> None:
     """Record what data the study reads (:mod:`coreset.data.identity`); a job on an older root
     that has a split but no record records it then."""
-    root.write_bytes(layout.DATA_SOURCE, json.dumps(datasets.identity(), indent=1).encode())
+    root.write_bytes(layout.DATA_SOURCE, json.dumps(datasets.identity, indent=1).encode())
 
 
 def record_missing_data_source(root: StudyRoot, datasets: Datasets) -> None:
@@ -127,7 +127,7 @@ def record_missing_data_source(root: StudyRoot, datasets: Datasets) -> None:
 
 def _check_source(root: StudyRoot, datasets: Datasets, write: bool) -> None:
     if root.exists(layout.DATA_SOURCE):
-        check_same_source(json.loads(root.read_bytes(layout.DATA_SOURCE)), datasets.identity(),
+        check_same_source(json.loads(root.read_bytes(layout.DATA_SOURCE)), datasets.identity,
                           root.url(layout.DATA_SOURCE))
     elif write:
         record_data_source(root, datasets)
