@@ -246,7 +246,7 @@ def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resou
 def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resources: dict[str, float],
                   load_s: float) -> dict[str, Rate]:
     """Per step of each target model (its evaluations shared over the grid's mean steps; timed
-    with as many trials at once as share this machine), per trial's start (a fresh
+    with as many trials at once as share this machine), per pack's start (a fresh
     interpreter's imports and the data load), and the stage's start."""
     unit = placement.trial(cfg, resources)
     device = _device(unit)
@@ -273,7 +273,7 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
             per_step = step_s + mean_evals * eval_s / max(mean_steps, 1.0)
             rates[f"retrain.{target}.step"] = Rate(per_step, "step", unit.device, unit.threads)
     imports = import_seconds()
-    rates["retrain.trial_start"] = rate(imports + load_s, 1, "trial", unit.device, unit.threads)
+    rates["retrain.pack_start"] = rate(imports + load_s, 1, "pack", unit.device, unit.threads)
     rates["retrain.start"] = rate(imports, 1, "start", unit.device, unit.threads)  # Tune's, once Ray is up
     return rates
 

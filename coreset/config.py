@@ -277,6 +277,10 @@ class RetrainConfig:
     optimiser steps whatever the subset size, evaluated at ``evaluations`` evenly spaced
     points). Optimiser and schedule come from the ``train`` section. ``full_data`` adds
     the reference trials on the whole train split (fraction 1.0).
+
+    Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
+    to take several), one after the other in one Tune trial: a small-subset trial is seconds
+    of training, and its own process would spend as long starting and loading the data.
     """
 
     target_models: tuple[str, ...] = ()
@@ -293,6 +297,7 @@ class RetrainConfig:
     gpus_per_trial: float = 0.25  # used when the cluster has GPUs: small trials share one
     max_concurrent: int = 0  # 0: as many as resources allow
     max_failures: int = 2
+    trials_per_pack: int = 0  # 0: about four packs per trial slot (stages.retrain.trial_packs)
 
     def validate(self) -> None:
         from coreset.methods import METHODS
@@ -312,6 +317,7 @@ class RetrainConfig:
         in_range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
         at_least("retrain.max_concurrent", self.max_concurrent, 0)
         at_least("retrain.max_failures", self.max_failures, 0)
+        at_least("retrain.trials_per_pack", self.trials_per_pack, 0)
 
 
 @dataclass(frozen=True)

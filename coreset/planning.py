@@ -201,17 +201,20 @@ def _score(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[st
 
 def _retrain(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
              ) -> list[PlanRow]:
+    """Per trial: its steps, and its share of its pack's start (the packs the stage would run)."""
     work = retrain.plan(cfg, root)
     unit = placement.trial(cfg, resources)
     n_train = len(counts.train)
+    trials = work.pending or work.grid
     per_trial = []
-    for trial in work.pending or work.grid:
+    for trial in trials:
         intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
         per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per))
-    trial_start = rates.seconds("retrain.trial_start", unit, 1)
-    each = (None if trial_start is None or any(s is None for s in per_trial)
-            else trial_start + float(np.mean(per_trial)))
-    keys = ["retrain.start", "retrain.trial_start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})
+    pack_start = rates.seconds("retrain.pack_start", unit, 1)
+    packs = len(retrain.trial_packs(cfg, trials, n_train, unit.parallel))
+    each = (None if pack_start is None or any(s is None for s in per_trial)
+            else float(np.mean(per_trial)) + pack_start * packs / len(trials))
+    keys = ["retrain.start", "retrain.pack_start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})
     return [_row("retrain", "trial", len(work.grid), len(work.grid) - len(work.pending), unit, each,
                  rates.seconds("retrain.start", unit, 1), rates.source(keys, unit))]
 

@@ -16,8 +16,8 @@ Keys (``per``: what one unit of the rate is):
 * ``score.<method>``: per class for a method that scores by class (one class task), per row
   for one that scores the whole table.
 * ``retrain.<model>.step``: per optimiser step of a trial, its evaluations shared over its
-  steps; ``retrain.trial_start``: per trial (its worker process, imports and data load: every
-  trial is a fresh Ray worker); ``retrain.start``: per stage (Tune's start).
+  steps; ``retrain.pack_start``: per pack of trials (its worker process, imports and data
+  load: every pack is a fresh Ray worker); ``retrain.start``: per stage (Tune's start).
 * ``report.figure``: per figure drawn.
 """
 from __future__ import annotations

@@ -190,8 +190,10 @@ def test_lost_worker_node_during_retraining_every_trial_finishes(scored_root: Pa
 
 @pytest.mark.slow
 def test_interrupted_tune_run_is_restored_and_runs_only_unfinished_trials(scored_root: Path, tmp_path: Path) -> None:
-    # Four trials, two at a time: the first two finish together, and the interrupt meets the next two.
-    cfg = _retrain_cfg("retrain.fractions=[0.2]", "retrain.steps=500", f"data.cache_dir={tmp_path / 'cache'}")
+    # Four trials in two packs of two, both at once: each pack's first trial finishes, and the
+    # interrupt meets the second; the restored packs skip the trials that have their rows.
+    cfg = _retrain_cfg("retrain.fractions=[0.2]", "retrain.steps=500", "retrain.trials_per_pack=2",
+                       f"data.cache_dir={tmp_path / 'cache'}")
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     _copy(scored_root, tmp_path / "study")

@@ -41,7 +41,7 @@ def _rates(device: str = "cpu") -> dict[str, Rate]:
     keys = {"train.image": "image", "train.start": "start", "gradients.final_row": "row",
             "gradients.factor_row": "row", "gradients.start": "start", "score.random": "row",
             "score.max_gradient": "row", "score.gradsimcore": "class", "score.start": "start",
-            "retrain.mnist_cnn.step": "step", "retrain.start": "start", "retrain.trial_start": "trial",
+            "retrain.mnist_cnn.step": "step", "retrain.start": "start", "retrain.pack_start": "pack",
             "report.figure": "figure"}
     return {k: Rate(0.01 * (i + 1), per, device, 1) for i, (k, per) in enumerate(keys.items())}
 
@@ -76,8 +76,10 @@ def test_fresh_root_is_planned_from_the_config_and_the_data_and_nothing_is_writt
     assert placement.score_unit({"CPU": 8.0, "GPU": 2.0}).ray_options() == {"num_gpus": 1.0}
     assert placement.gradients(cfg, {"CPU": 8.0, "GPU": 2.0}, 9).ray_options() == {"num_cpus": 1.0, "num_gpus": 1.0}
     trial = rows["retrain", "trial"]
-    per_trial = r["retrain.trial_start"].seconds + 7 * r["retrain.mnist_cnn.step"].seconds
-    assert trial.seconds_each == pytest.approx(per_trial)  # each trial starts its own worker
+    packs = retrain.trial_packs(cfg, retrain.trial_grid(cfg), n_train, trial.parallel)
+    assert len(packs) == 7  # 14 trials, 2 slots: four packs a slot of at most 2 trials
+    per_trial = 7 * r["retrain.mnist_cnn.step"].seconds + r["retrain.pack_start"].seconds * 7 / 14
+    assert trial.seconds_each == pytest.approx(per_trial)  # each pack starts its own worker
     assert trial.wall_s == pytest.approx(r["retrain.start"].seconds
                                          + math.ceil(trial.units / trial.parallel) * trial.seconds_each)
     assert all(row.rate == "recorded" and row.gpu_hours == 0 for row in rows.values())
@@ -135,11 +137,13 @@ def test_stage_rates_from_what_a_run_measured() -> None:
     assert score.measured_rates(by_class, scored, 6.0, unit)["score.gradsimcore"].seconds == pytest.approx(2.0)
     assert score.measured_rates(whole, scored, 6.0, unit)["score.random"].seconds == pytest.approx(1.5)
     rows = pd.DataFrame({"target_model": ["m", "m"], "steps": [10, 30], "wall_s": [2.0, 6.0]})
-    rates = retrain.measured_rates(rows, stage_s=9.0, unit=unit, tune_start_s=2.0)
+    rates = retrain.measured_rates(rows, stage_s=9.0, unit=unit, tune_start_s=2.0, packs=2)
     assert rates["retrain.m.step"].seconds == pytest.approx(0.2)
     assert rates["retrain.start"].seconds == pytest.approx(2.0)
-    assert rates["retrain.trial_start"].seconds == pytest.approx(9.0 - 2.0 - 1 * 4.0)  # two at once: one round
-    assert set(retrain.measured_rates(rows, 9.0, unit, tune_start_s=None)) == {"retrain.m.step"}  # restored
+    assert rates["retrain.pack_start"].seconds == pytest.approx(9.0 - 2.0 - 8.0 / 2)  # two packs at once: one round
+    one_pack = retrain.measured_rates(rows, stage_s=12.0, unit=unit, tune_start_s=2.0, packs=1)
+    assert one_pack["retrain.pack_start"].seconds == pytest.approx(12.0 - 2.0 - 8.0)  # both trials in one process
+    assert set(retrain.measured_rates(rows, 9.0, unit, tune_start_s=None, packs=2)) == {"retrain.m.step"}  # restored
 
 
 def test_calibration_measures_every_stage_on_real_batches(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """Retraining trials on Ray Tune: a grid over method x fraction x seed x target model.
 
-Each trial writes its accuracy row to the study root when it finishes, so the root, not
-Tune's state, says what is done: a re-run starts only trials without a row, and an
+A Tune trial runs one pack of grid trials (:func:`coreset.stages.retrain.trial_packs`)
+one after another, loading the data once. Each grid trial writes its accuracy row to the
+study root when it finishes, so the root, not Tune's state, says what is done: a re-run
+starts only trials without a row, a pack retried after a failure skips its trials that
+have one, and an
 interrupted Tune run is continued with ``Tuner.restore`` (finished trials are not run
 again). Tune's experiment state holds pickles, and nothing is ever unpickled from a study
 root, so it lives beside the driver (:func:`tune_experiment_dir`), not in the root:
@@ -11,6 +14,7 @@ trials share one. Failed trials are retried (``FailureConfig``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -43,7 +47,9 @@ from coreset.stages.retrain import (
     recorded_subset,
     retrain,
     settings_key,
+    trial_packs,
 )
+from coreset.stages.train import recorded_train_ids
 from coreset.storage import StudyRoot
 from coreset.tables import read_table, write_table
 
@@ -51,32 +57,43 @@ log = logging.getLogger("coreset")
 
 
 _USER_ERROR = "user_error"
+_TRIAL_DONE = "trial_done"  # a pack's report when one of its trials has its row
 
 
 def _trainable(config: dict[str, Any]) -> None:
-    """One Tune trial; a user error (full or read-only root, bad data) is reported, not raised:
-    Tune would retry it and log its traceback, and the driver turns it into one line."""
+    """One Tune trial: a pack. A user error (full or read-only root, bad data) is reported, not
+    raised: Tune would retry it and log its traceback, and the driver turns it into one line."""
     try:
-        _run_trial(config)
+        _run_pack(config)
     except UserError as e:
         tune.report({"epoch": 0, _USER_ERROR: str(e)})
 
 
-def _run_trial(config: dict[str, Any]) -> None:
-    """Train on the trial's subset, report every evaluation, write the row."""
+def _run_pack(config: dict[str, Any]) -> None:
+    """Each trial of the pack in turn: train on its subset, report every evaluation, write its
+    row. A trial with a row (finished before a failure or interrupt) is reported and skipped."""
     cfg = config_from_dict(config["study"])
     root = StudyRoot(config["root"])
-    trial = Trial(**config["trial"])
     torch.set_num_threads(int(config["threads"]))
-    row_path = layout.trial_row(settings_key(cfg), trial.key)
-    if root.exists(row_path):  # finished in an earlier run
-        row = read_table(root, row_path, "accuracy").iloc[0]
-        tune.report({"epoch": 0, "test_acc": float(row.test_acc), "done_before": True})
-        return
-    ids = recorded_subset(root, trial)
     device = pick_device(cfg.train.use_gpu)
-    row = retrain(cfg, load_datasets(cfg.data), trial, ids, report=tune.report, device=device)
-    write_table(root, row_path, pd.DataFrame([row]), "accuracy")
+    settings = settings_key(cfg)
+    datasets = None
+    for spec in config["pack"]:
+        trial = Trial(**spec)
+        row_path = layout.trial_row(settings, trial.key)
+        if root.exists(row_path):
+            row = read_table(root, row_path, "accuracy").iloc[0]
+            tune.report({"trial": trial.key, "test_acc": float(row.test_acc), _TRIAL_DONE: True, "done_before": True})
+            continue
+        ids = recorded_subset(root, trial)
+        datasets = datasets or load_datasets(cfg.data)
+        row = retrain(cfg, datasets, trial, ids, report=functools.partial(_report_of, trial.key), device=device)
+        write_table(root, row_path, pd.DataFrame([row]), "accuracy")
+        tune.report({"trial": trial.key, "test_acc": row["test_acc"], _TRIAL_DONE: True})
+
+
+def _report_of(key: str, metrics: dict[str, Any]) -> None:
+    tune.report({"trial": key, **metrics})
 
 
 def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
@@ -88,8 +105,9 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     log.debug("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     errored = 0
     progress = TrialProgress(len(grid), len(grid) - len(pending))
+    packs = trial_packs(cfg, pending, len(recorded_train_ids(root)), placement.trial(cfg, resources).parallel)
     if pending:
-        results = _tune(cfg, root, resources, grid, pending, progress)
+        results = _tune(cfg, root, resources, grid, packs, progress)
         errors = [r.metrics[_USER_ERROR] for r in results if r.metrics and r.metrics.get(_USER_ERROR)]
         if errors:
             raise StageError(errors[0])
@@ -109,27 +127,36 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
         ran = pd.concat([read_table(root, work.row_path(t), "accuracy") for t in pending], ignore_index=True)
         tune_start = None if progress.first_trial is None else progress.first_trial - start
         record_rates(root, measured_rates(ran, time.perf_counter() - start, placement.trial(cfg, resources),
-                                          tune_start))
+                                          tune_start, len(packs)))
     return accuracy
 
 
 class TrialProgress(tune.Callback):
     """A console line every ``every_s`` seconds while trials run (Tune's own table is off):
-    trials finished (in earlier runs too), running, the total and the ETA at this run's rate.
-    Runs in the driver, inside Tune's loop. It also notes when Tune launched the first trial
-    (``first_trial``, on the ``time.perf_counter`` clock), which ends the stage's start."""
+    grid trials finished (in earlier runs too), packs running, the total and the ETA at this
+    run's rate. Runs in the driver, inside Tune's loop. It also notes when Tune launched the
+    first pack (``first_trial``, on the ``time.perf_counter`` clock), which ends the stage's
+    start."""
 
     def __init__(self, total: int, finished_before: int, every_s: float = 30.0) -> None:
         self.total, self.before, self.every_s = total, finished_before, every_s
         self.start = self.last = time.monotonic()
         self.first_trial: float | None = None
+        self.finished: set[str] = set()  # grid trials of this run's packs with a row
+        self.at_setup = 0
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.first_trial is None:
             self.first_trial = time.perf_counter()
 
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(_TRIAL_DONE):
+            self.finished.add(result["trial"])
+
     def setup(self, **info: Any) -> None:
-        self.start = self.last = time.monotonic()  # also after Tuner.restore unpickles this
+        # also after Tuner.restore unpickles this: the ETA's rate counts this run's trials only
+        self.start = self.last = time.monotonic()
+        self.at_setup = len(self.finished)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
@@ -138,13 +165,14 @@ class TrialProgress(tune.Callback):
             log.info("%s", self.line(trials, now), extra=PROGRESS)
 
     def line(self, trials: list, now: float) -> str:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        done = len(self.finished)
         running = sum(t.status == "RUNNING" for t in trials)
-        left = self.total - self.before - done
-        eta = f"ETA {duration((now - self.start) / done * left)}" if done and left > 0 else "ETA unknown"
+        left, rate_of = self.total - self.before - done, done - self.at_setup
+        eta = f"ETA {duration((now - self.start) / rate_of * left)}" if rate_of > 0 and left > 0 else "ETA unknown"
         if left <= 0:
             eta = f"in {duration(now - self.start)}"
-        return f"retrain: {self.before + done}/{self.total} trials finished, {running} running, {eta}"
+        packs = "1 pack" if running == 1 else f"{running} packs"
+        return f"retrain: {self.before + done}/{self.total} trials finished, {packs} running, {eta}"
 
 
 def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path | None:
@@ -160,7 +188,7 @@ def tune_experiment_dir(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) ->
 
 
 def _grid_key(cfg: StudyConfig, grid: list[Trial]) -> str:
-    return f"{grid_name(grid)}-{settings_key(cfg)}"
+    return f"{grid_name(grid)}-{settings_key(cfg)}-packed"  # runs of one trial per Tune trial are not restored
 
 
 def _tune_runs(root: StudyRoot) -> dict[str, str]:
@@ -181,9 +209,10 @@ def _new_tune_run(cfg: StudyConfig, root: StudyRoot, grid: list[Trial]) -> Path:
 
 
 def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: list[Trial],
-          pending: list[Trial], progress: TrialProgress) -> tune.ResultGrid:
-    """Run (or restore) the Tune experiment of ``pending``; ``progress`` reports on a new one
-    (a restored run brings back its own)."""
+          packs: list[list[Trial]], progress: TrialProgress) -> tune.ResultGrid:
+    """Run (or restore) the Tune experiment of the pending trials' ``packs`` (a restored run
+    keeps the packs it was interrupted in); ``progress`` reports on a new one (a restored run
+    brings back its own)."""
     r = cfg.retrain
     unit = placement.trial(cfg, resources)
     per_trial = {"cpu": unit.cpus, **({"gpu": unit.gpus} if unit.gpus else {})}
@@ -197,7 +226,7 @@ def _tune(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float], grid: 
     else:
         path = _new_tune_run(cfg, root, grid)
         common = {"study": cfg.to_dict(), "root": root.uri, "threads": r.cpus_per_trial}
-        space = {**common, "trial": tune.grid_search([asdict(t) for t in pending])}
+        space = {**common, "pack": tune.grid_search([[asdict(t) for t in pack] for pack in packs])}
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent or None),

@@ -48,21 +48,18 @@ def candidate_classes(logits: torch.Tensor, candidates: int) -> torch.Tensor:
 def nearest_boundary_step(model: Classifier, x: torch.Tensor, classes: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """The DeepFool step r_i of every row of ``x`` (classes[:, 0] the original prediction), and
-    the logits at ``x``. Keeps three input-sized tensors, not one per candidate."""
+    the logits at ``x``. Each w_k is one backward pass of f_k − f_{k_0} (K − 1 passes for K
+    candidates, not K); keeps two input-sized tensors, not one per candidate."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
     picked = logits.gather(1, classes)  # (B, K)
     last = classes.shape[1] - 1
-
-    def input_gradient(j: int) -> torch.Tensor:
-        return torch.autograd.grad(picked[:, j].sum(), x, retain_graph=j < last)[0].flatten(1)
-
-    base = input_gradient(0)
-    best = torch.full((len(x),), float("inf"), dtype=base.dtype, device=x.device)
-    step = torch.zeros_like(base)
+    step = torch.zeros_like(x).flatten(1)
+    best = torch.full((len(x),), float("inf"), dtype=step.dtype, device=x.device)
     for j in range(1, last + 1):
-        w = input_gradient(j) - base
-        gap = (picked[:, j] - picked[:, 0]).detach().abs()
+        gap = picked[:, j] - picked[:, 0]
+        w = torch.autograd.grad(gap.sum(), x, retain_graph=j < last)[0].flatten(1)
+        gap = gap.detach().abs()
         norm = w.norm(dim=1)
         distance = torch.where(norm > 0, gap / norm, torch.full_like(gap, float("inf")))
         nearer = distance < best  # ties keep the earlier (higher-scoring) class

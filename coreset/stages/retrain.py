@@ -6,6 +6,10 @@ Both length policies run a number of optimiser steps split into evaluation inter
 ``epochs`` evaluates after every pass over the subset; ``steps`` runs a fixed budget of
 steps (reshuffled passes over the subset) and evaluates at evenly spaced points, so tiny
 subsets are not evaluated hundreds of times.
+
+Trials run in packs (:func:`trial_packs`), one after another in one process that loads the
+data once. On 2 CPU cores an MNIST trial of 300 steps trains in 15-30 s, and a process of its
+own spent about 12 s more starting and loading the data.
 """
 from __future__ import annotations
 
@@ -120,6 +124,31 @@ def trial_images(trial: Trial, n_train: int) -> int:
     return n_train if trial.method == "full" else global_budget(n_train, trial.fraction)
 
 
+PACKS_PER_SLOT = 4  # packs per trial slot when retrain.trials_per_pack is 0: the last round stays short
+
+
+def trial_cost(cfg: StudyConfig, trial: Trial, n_train: int) -> int:
+    """Images a trial's optimiser steps go through: its training cost, up to its model's rate."""
+    n = trial_images(trial, n_train)
+    intervals, per_interval = schedule(cfg, n)
+    return intervals * per_interval * min(cfg.retrain.batch_size, n)
+
+
+def trial_packs(cfg: StudyConfig, trials: list[Trial], n_train: int, slots: int) -> list[list[Trial]]:
+    """``trials`` in packs of at most ``retrain.trials_per_pack`` (0: ``PACKS_PER_SLOT`` packs
+    for each of the cluster's ``slots``), each pack run by one process.
+
+    Trials are dealt in turn to the packs from the costliest down, so packs cost about the
+    same and a full-data trial never waits behind another in one pack while slots stand idle.
+    The same arguments give the same packs."""
+    if not trials:
+        return []
+    size = cfg.retrain.trials_per_pack or math.ceil(len(trials) / (PACKS_PER_SLOT * max(1, slots)))
+    count = math.ceil(len(trials) / size)
+    ranked = sorted(trials, key=lambda t: (-trial_cost(cfg, t, n_train), t.key))
+    return [ranked[i::count] for i in range(count)]
+
+
 def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
     """(evaluation intervals, steps per interval) of a trial on ``n`` images."""
     r = cfg.retrain
@@ -204,22 +233,23 @@ def print_summary(accuracy: pd.DataFrame) -> None:
     print(format_summary(accuracy), flush=True)
 
 
-def measured_rates(rows: pd.DataFrame, stage_s: float, unit: Placement, tune_start_s: float | None
-                   ) -> dict[str, Rate]:
-    """The rates of the trials a run finished (``rows``, in ``stage_s`` seconds): per
-    optimiser step of each target model inside the trials (their evaluations shared over their
-    steps); the stage's start, ``tune_start_s`` (Tune's start until it launched the first
-    trial); and each trial's start (its worker process, imports and data load): the rest of
-    the stage's wall time less the trials' own, per round of ``unit.parallel`` trials.
-    Without ``tune_start_s`` (a restored run) only the step rates are measured."""
+def measured_rates(rows: pd.DataFrame, stage_s: float, unit: Placement, tune_start_s: float | None,
+                   packs: int) -> dict[str, Rate]:
+    """The rates of the trials a run finished (``rows``, in ``packs`` packs, in ``stage_s``
+    seconds): per optimiser step of each target model inside the trials (their evaluations
+    shared over their steps); the stage's start, ``tune_start_s`` (Tune's start until it
+    launched the first pack); and each pack's start (its worker process, imports and data
+    load): the rest of the stage's wall time less the trials' own, per round of
+    ``unit.parallel`` packs. Without ``tune_start_s`` (a restored run) only the step rates
+    are measured."""
     if rows.empty or "steps" not in rows:
         return {}
     rates = {f"retrain.{target}.step": rate(float(g.wall_s.sum()), float(g.steps.sum()), "step", unit.device,
                                             unit.threads) for target, g in rows.groupby("target_model")}
     if tune_start_s is None:
         return rates
-    rounds = math.ceil(len(rows) / unit.parallel)
-    rest = stage_s - tune_start_s - rounds * float(rows.wall_s.mean())
+    packs = max(1, packs)
+    rest = stage_s - tune_start_s - float(rows.wall_s.sum()) / min(unit.parallel, packs)
     rates["retrain.start"] = rate(tune_start_s, 1, "start", unit.device, unit.threads)
-    rates["retrain.trial_start"] = rate(rest, rounds, "trial", unit.device, unit.threads)
+    rates["retrain.pack_start"] = rate(rest, math.ceil(packs / unit.parallel), "pack", unit.device, unit.threads)
     return rates

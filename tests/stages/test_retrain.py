@@ -12,7 +12,7 @@ from studies import synthetic_study
 from coreset import layout
 from coreset.data import load_datasets, split_ids
 from coreset.errors import StageError
-from coreset.stages.retrain import Trial, plan, retrain, subset_ids
+from coreset.stages.retrain import Trial, plan, retrain, subset_ids, trial_cost, trial_grid, trial_packs
 from coreset.stages.train import load_split
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
@@ -67,3 +67,20 @@ def test_a_root_recreated_at_the_same_path_does_not_find_the_old_roots_tune_run(
     (tmp_path / "study" / layout.RETRAIN).rmdir()  # the root deleted and made again at the same path
     assert tune_experiment_dir(cfg, StudyRoot(str(tmp_path / "study")), grid) is None
     assert _new_tune_run(cfg, root, grid) != state
+
+
+def test_trial_packs_hold_every_trial_once_and_cost_about_the_same() -> None:
+    cfg = _cfg("retrain.methods=[random, max_gradient]", "score.fractions=[0.01, 0.1, 0.5]", "score.seeds=[0, 1, 2]",
+               "retrain.policy=epochs", "retrain.epochs=2")
+    trials = trial_grid(cfg)  # 2 methods x 3 fractions x 3 seeds + 3 full-data trials
+    packs = trial_packs(cfg, trials, 1000, slots=2)
+    assert len(packs) == 7 and set(map(len, packs)) == {3}  # four packs a slot hold ceil(21 / 8) each
+    assert sorted(t.key for p in packs for t in p) == sorted(t.key for t in trials)
+    assert {p[0].method for p in packs[:3]} == {"full"}  # the costliest first, one to a pack
+    costs = [sum(trial_cost(cfg, t, 1000) for t in p) for p in packs]
+    assert max(costs) - min(costs) <= max(trial_cost(cfg, t, 1000) for t in trials)  # dealt from the costliest
+    assert trial_packs(cfg, list(reversed(trials)), 1000, slots=2) == packs  # the order given does not matter
+    sized = trial_packs(_cfg("retrain.trials_per_pack=1"), trials, 1000, slots=2)
+    assert len(sized) == len(trials)  # one trial a process, as before packs
+    assert trial_packs(cfg, trials[:3], 1000, slots=8) == [[t] for t in sorted(trials[:3], key=lambda t: t.key)]
+    assert trial_packs(cfg, [], 1000, slots=2) == []
