@@ -278,6 +278,14 @@ class RetrainConfig:
     points). Optimiser and schedule come from the ``train`` section. ``full_data`` adds
     the reference trials on the whole train split (fraction 1.0).
 
+    ``early_stopping`` is the gradient-magnitude paper's rule: train at most ``steps`` steps
+    and at most ``epochs`` passes, measure validation accuracy every ``validate_every``
+    steps (on ``val_size`` images of the study's validation split; 0: all of them), and stop
+    when it has not improved for ``patience`` measurements. A row then holds the test
+    accuracy of the best-validation checkpoint (``test_acc_at_best_val``) beside the final
+    one (``test_acc``), with the steps it ran. Its learning rate is constant (``train.lr``): one
+    decaying over the maximum would keep validation accuracy rising until the maximum.
+
     Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
     to take several), one after the other in one Tune trial: a small-subset trial is seconds
     of training, and its own process would spend as long starting and loading the data.
@@ -287,10 +295,13 @@ class RetrainConfig:
     methods: tuple[str, ...] = ()
     fractions: tuple[float, ...] = ()
     seeds: tuple[int, ...] = ()
-    policy: Literal["epochs", "steps"] = "epochs"
+    policy: Literal["epochs", "steps", "early_stopping"] = "epochs"
     epochs: int = 200
     steps: int = 2000
     evaluations: int = 5
+    validate_every: int = 100  # early_stopping: steps between validation measurements
+    patience: int = 5  # early_stopping: measurements without a better validation accuracy
+    val_size: int = 0  # early_stopping: validation images measured (0: the whole split)
     batch_size: int = 128
     full_data: bool = True
     cpus_per_trial: int = 1
@@ -312,8 +323,9 @@ class RetrainConfig:
             in_range("retrain.fractions", f, 0.0, 1.0)
         for sd in self.seeds:
             at_least("retrain.seeds", sd, 0)
-        for key in ("epochs", "steps", "evaluations", "batch_size", "cpus_per_trial"):
+        for key in ("epochs", "steps", "evaluations", "validate_every", "patience", "batch_size", "cpus_per_trial"):
             at_least(f"retrain.{key}", getattr(self, key), 1)
+        at_least("retrain.val_size", self.val_size, 0)
         in_range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
         at_least("retrain.max_concurrent", self.max_concurrent, 0)
         at_least("retrain.max_failures", self.max_failures, 0)
@@ -340,6 +352,9 @@ class StudyConfig:
         for m in self.retrain.methods:
             if m not in self.score.methods:
                 raise ConfigError(f"retrain.methods names {m!r}, which score.methods does not score")
+        if self.retrain.policy == "early_stopping" and self.data.val_fraction == 0:
+            raise ConfigError("retrain.policy early_stopping measures the validation split, and data.val_fraction "
+                              "is 0: set it above 0 (the paper holds out 10%)")
         for f in fields(self):
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):

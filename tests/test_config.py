@@ -48,7 +48,7 @@ def test_overrides_are_typed() -> None:
     ("score.params.random.epoch=3", "unknown key score.params.random.epoch; allowed: none"),
     ("score.params.gradsim.threshold=0.5", "score.params='gradsim' is not allowed"),
     ("gradients.factor_epochs=[]", "gradsimcore needs gradients.factor_epochs"),
-    ("retrain.policy=forever", "retrain.policy='forever' is not allowed; allowed: epochs, steps"),
+    ("retrain.policy=forever", "retrain.policy='forever' is not allowed; allowed: epochs, steps, early_stopping"),
 ])
 def test_bad_values_fail_at_load(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:

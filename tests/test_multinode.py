@@ -37,7 +37,8 @@ SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
 # One CPU per node, so that concurrent work must spread over the nodes; several shards, class
 # units and trials, so that there is work to spread.
 SPREAD = [*SMOKE_SYNTHETIC, "train.cpus_per_worker=1", "gradients.shard_size=64", "gradients.cpus_per_worker=1",
-          "retrain.cpus_per_trial=1", "score.fractions=[0.05, 0.1]", "score.seeds=[0, 1]"]
+          "retrain.cpus_per_trial=1", "score.fractions=[0.05, 0.1]", "score.seeds=[0, 1]",
+          "retrain.policy=early_stopping", "retrain.validate_every=5", "retrain.patience=2"]  # trials read the split
 
 
 def _nodes_by_task(head) -> dict[str, set[str]]:

@@ -208,6 +208,14 @@ def test_craig_is_facility_location_on_distances_with_cluster_weights() -> None:
         subset_weights(assignment, np.array(orders[0][1:3]))
 
 
+def batch_mean_gradients(group: pd.DataFrame, selection_batch: int) -> list[list[float]]:
+    """DeepCore's gradients of each batch's mean loss: g_i / |batch of i|, batches of the class in id order."""
+    g = explicit_gradients(group)
+    sizes = [min(selection_batch, len(g) - start) for start in range(0, len(g), selection_batch)]
+    weights = [1.0 / size for size in sizes for _ in range(size)]
+    return [[w * v for v in row] for w, row in zip(weights, g, strict=True)]
+
+
 def reference_omp(a: np.ndarray, b: np.ndarray, lam: float, deepcore: bool) -> list[int]:
     """OMP on explicit vectors (columns of a) as DeepCore's ``orthogonal_matching_pursuit_np``:
     signed projections, ridge least squares (DeepCore: none at the first pick), every column."""
@@ -233,7 +241,8 @@ def test_gradmatch_is_omp_on_explicit_gradients(variant: str, lam: float) -> Non
     scores = method.score(table)
     orders = {}
     for group, got in class_orders(scores, rows_at(table, 5)):
-        a = np.array(explicit_gradients(group)).T  # (C·(D+1), n_c), DeepCore's design matrix
+        g = batch_mean_gradients(group, 256) if variant == "deepcore" else explicit_gradients(group)
+        a = np.array(g).T  # (C·(D+1), n_c), DeepCore's design matrix
         assert got == reference_omp(a, a.mean(axis=1), lam, variant == "deepcore")
         orders[int(group.label.iloc[0])] = group.sample_id.to_numpy()[got].tolist()
     check_prefix_selection(method, scores, orders)
@@ -258,6 +267,25 @@ def test_gradmatch_stops_at_the_largest_budget_and_selects_the_same_subsets(frac
     for fraction in fractions:
         for budget in ("class_balanced", "global"):
             assert np.array_equal(stopped.select(cut, fraction, 0, budget), full.select(whole, fraction, 0, budget))
+
+
+def test_deepcore_variants_of_craig_and_gradmatch_take_gradients_of_the_batch_mean_loss() -> None:
+    table = factor_table(45, 2, (1, 5), seed=17)  # classes of ~22 images: batches of 8, 8 and a short one
+    craig = build("craig", variant="deepcore", selection_batch=8)
+    gradmatch = build("gradmatch", variant="deepcore", selection_batch=8)
+    craig_scores, gradmatch_scores = craig.score(table), gradmatch.score(table)
+    assert not craig_scores.equals(build("craig").score(table))  # the short batch moves picks
+    for group, got in class_orders(craig_scores, rows_at(table, 5)):
+        s = reference_craig_similarity(batch_mean_gradients(group, 8))
+        objective = lambda chosen, s=s: facility_location(s, chosen)
+        want, near_tie = naive_greedy(objective, len(s))
+        check_greedy_path(objective, got, want, near_tie)
+    for group, got in class_orders(gradmatch_scores, rows_at(table, 5)):
+        a = np.array(batch_mean_gradients(group, 8)).T
+        assert got == reference_omp(a, a.mean(axis=1), 1.0, deepcore=True)
+    assert craig.settings() == {"epoch": 5, "variant": "deepcore", "selection_batch": 8}
+    with pytest.raises(ConfigError, match="score.params.craig.selection_batch must be >= 1"):
+        load_config(None, ["score.methods=[craig]", "score.params.craig.selection_batch=0"])
 
 
 def test_variants_differ_and_bad_params_are_config_errors() -> None:

@@ -45,6 +45,7 @@ from coreset.stages.retrain import (
     measured_rates,
     plan,
     recorded_subset,
+    recorded_validation,
     retrain,
     settings_key,
     trial_packs,
@@ -77,7 +78,7 @@ def _run_pack(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(config["threads"]))
     device = pick_device(cfg.train.use_gpu)
     settings = settings_key(cfg)
-    datasets = None
+    datasets, val_ids = None, recorded_validation(cfg, root)
     for spec in config["pack"]:
         trial = Trial(**spec)
         row_path = layout.trial_row(settings, trial.key)
@@ -87,7 +88,8 @@ def _run_pack(config: dict[str, Any]) -> None:
             continue
         ids = recorded_subset(root, trial)
         datasets = datasets or load_datasets(cfg.data)
-        row = retrain(cfg, datasets, trial, ids, report=functools.partial(_report_of, trial.key), device=device)
+        row = retrain(cfg, datasets, trial, ids, report=functools.partial(_report_of, trial.key), device=device,
+                      val_ids=val_ids)
         write_table(root, row_path, pd.DataFrame([row]), "accuracy")
         tune.report({"trial": trial.key, "test_acc": row["test_acc"], _TRIAL_DONE: True})
 

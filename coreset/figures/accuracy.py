@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from coreset.figures.canvas import Rendered, colours, finite, panels, percent_axis, require, save
+from coreset.figures.canvas import Rendered, finite, legend, line_styles, panels, percent_axis, require, save
 
 COLUMNS = ("method", "fraction", "seed", "target_model", "test_acc")
 FULL = "full"
@@ -38,24 +38,24 @@ def accuracy_vs_fraction(accuracy: pd.DataFrame, path: str | Path) -> Rendered:
     summary = summarise(accuracy)
     targets = sorted(summary["target_model"].unique())
     fig, axes = panels(len(targets), sharey=True)
-    colour = colours([m for m in summary["method"].unique() if m != FULL])
+    style = line_styles([m for m in summary["method"].unique() if m != FULL])
     for ax, target in zip(axes, targets, strict=False):
         rows = summary[summary["target_model"] == target]
         for method, curve in rows[rows["method"] != FULL].groupby("method"):
             curve = curve.sort_values("fraction")
             x, mean, std = curve["fraction"], 100 * curve["mean"], 100 * curve["std"]
-            ax.plot(x, mean, marker="o", ms=3, color=colour[method], label=method)
-            ax.fill_between(x, mean - std, mean + std, color=colour[method], alpha=0.2, lw=0)
+            ax.plot(x, mean, marker="o", ms=3, label=method, **style[method])
+            ax.fill_between(x, mean - std, mean + std, color=style[method]["color"], alpha=0.15, lw=0)
         full = rows[rows["method"] == FULL]
         if len(full):
             mean, std = 100 * full["mean"].iloc[0], 100 * full["std"].iloc[0]
-            ax.axhline(mean, color="black", ls="--", lw=1, label=f"full data ({mean:.1f}%)")
+            ax.axhline(mean, color="black", ls="--", lw=1.5, label=f"full data ({mean:.1f}%)")
             ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, lw=0)
         percent_axis(ax)
         ax.set_title(f"retrained: {target}")
         ax.set_xlabel("subset size (share of the training set)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right")
+    legend(fig, axes[0])
     axes[0].set_ylabel("top-1 test accuracy (%)")
     fig.suptitle("Test accuracy vs subset size (mean ± std over seeds)")
     return save(fig, path, summary)

@@ -64,6 +64,31 @@ def colours(names: Sequence[str]) -> dict[str, tuple[float, float, float, float]
     return {name: cmap(i % cmap.N) for i, name in enumerate(sorted(names))}
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+LEGEND_INSIDE = 8  # more entries than this go beside the axes: two dozen methods would hide the curves
+
+
+def line_styles(names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """A stable colour and line style per name: the ten tab10 colours solid, then dashed,
+    dotted and dash-dotted, so each of 40 methods is its own line (tab20's pale pairs and a
+    cycle of 20 made two dozen methods hard to tell apart)."""
+    cmap = colormaps["tab10"]
+    return {name: {"color": cmap(i % 10), "ls": LINE_STYLES[i // 10 % len(LINE_STYLES)]}
+            for i, name in enumerate(sorted(names))}
+
+
+def legend(fig: Figure, ax: Axes, loc: str = "lower right") -> None:
+    """``ax``'s legend inside it at ``loc`` for a few entries; for more, one column beside
+    the panels, the figure widened (and made taller if needed) to hold it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE:
+        ax.legend(fontsize="small", loc=loc)
+        return
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 0.08 * max(map(len, labels)) + 0.8, max(height, 0.2 * len(labels) + 0.8))
+    fig.legend(handles, labels, loc="outside right center", fontsize="small")
+
+
 def save(fig: Figure, path: str | Path, data: pd.DataFrame) -> Rendered:
     """Write ``fig`` as PNG at ``path`` (parents created) and pair it with its numbers."""
     path = Path(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coreset.figures.canvas import Rendered, colours, finite, panels, percent_axis, require, save
+from coreset.figures.canvas import Rendered, colours, finite, legend, line_styles, panels, percent_axis, require, save
 
 AXIS = {"fraction": "top-k as a share of the training set", "k": "k (top-k images)"}
 
@@ -32,9 +32,9 @@ def label_entropy(entropy: pd.DataFrame, num_classes: int, path: str | Path, x: 
     require(entropy, ("method", x, "entropy"), "label_entropy")
     table = finite(entropy, "entropy").sort_values(["method", x])[["method", x, "entropy"]]
     fig, (ax,) = panels(1 if len(table) else 0, width=6.0, height=4.2)
-    colour = colours(list(table["method"].unique()))
+    style = line_styles(list(table["method"].unique()))
     for method, curve in table.groupby("method"):
-        ax.plot(curve[x], curve["entropy"], marker="o", ms=3, color=colour[method], label=method)
+        ax.plot(curve[x], curve["entropy"], marker="o", ms=3, label=method, **style[method])
     baseline = float(np.log2(num_classes))
     ax.axhline(baseline, color="black", ls="--", lw=1, label=f"uniform labels: log2({num_classes}) = {baseline:.2f}")
     if x == "fraction":
@@ -46,7 +46,7 @@ def label_entropy(entropy: pd.DataFrame, num_classes: int, path: str | Path, x: 
     ax.set_ylabel("label entropy of the top-k (bits)")
     ax.set_title("Class balance of each ranking's top-k")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    legend(fig, ax)
     return save(fig, path, table.reset_index(drop=True))
 
 

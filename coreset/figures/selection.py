@@ -78,39 +78,40 @@ def composition(subsets: pd.DataFrame, split_labels: pd.DataFrame) -> pd.DataFra
 
 def subset_composition(subsets: pd.DataFrame, split_labels: pd.DataFrame, path: str | Path,
                        class_names: Sequence[str] | None = None) -> Rendered:
-    """Grouped bars of images per class (mean ± std over seeds), one panel per fraction.
+    """Images per class of each method's subset, one heatmap panel per fraction: a row per
+    method, a column per class, coloured by the mean count over seeds relative to a
+    perfectly balanced subset of the same size (log2: white is balanced, red over, blue
+    under), the mean count written in each cell while the classes are few. A row per method
+    stays readable for two dozen methods, where grouped bars did not.
 
     ``split_labels`` maps ``sample_id`` to ``label`` (``split.parquet``); ``class_names``
-    (indexed by label) name the bars. The dashed line is a perfectly balanced subset of the
-    same size. Beyond TICK_CLASSES classes the bars go unnamed. ``data`` is :func:`composition`.
+    (indexed by label) name the columns. Beyond TICK_CLASSES classes the columns go unnamed.
+    ``data`` is :func:`composition`.
     """
     table = composition(subsets, split_labels)
     if class_names is not None and len(table) and len(class_names) <= table["label"].max():
         raise ValueError(f"class_names has {len(class_names)} names but labels go up to {table['label'].max()}")
     fractions = sorted(table["fraction"].unique())
-    fig, axes = panels(len(fractions), width=6.0, height=3.8)
     methods = sorted(table["method"].unique())
-    colour = colours(methods)
+    fig, axes = panels(len(fractions), width=6.0, height=1.4 + 0.28 * len(methods))
     for ax, fraction in zip(axes, fractions, strict=False):
         rows = table[table["fraction"] == fraction]
-        classes = np.sort(rows["label"].unique())
-        width = 0.8 / len(methods)
-        for i, method in enumerate(methods):
-            bars = rows[rows["method"] == method].set_index("label").reindex(classes)
-            if bars["count"].isna().all():
-                continue
-            ax.bar(np.arange(len(classes)) + (i - (len(methods) - 1) / 2) * width, bars["count"], width,
-                   yerr=bars["std"], color=colour[method], label=method, error_kw={"lw": 0.6})
-        size = rows.groupby("method")["count"].sum().mean()
-        ax.axhline(size / len(classes), color="black", ls="--", lw=1, label="balanced")
-        named = class_names is not None
-        if len(classes) <= TICK_CLASSES:
-            names = [str(class_names[c]) if named else str(c) for c in classes]
-            ax.set_xticks(np.arange(len(classes)), names, rotation=45 if named else 0,
+        counts = rows.pivot(index="method", columns="label", values="count").reindex(methods)
+        balanced = counts.sum(axis=1).mean() / counts.shape[1]
+        ratio = np.log2(np.clip(counts.to_numpy(dtype=float), 0.5, None) / balanced)
+        image = ax.imshow(np.ma.masked_invalid(ratio), cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto",
+                          interpolation="nearest")
+        if counts.shape[1] <= TICK_CLASSES:
+            for (i, j), value in np.ndenumerate(counts.to_numpy(dtype=float)):
+                if np.isfinite(value):
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6)
+            named = class_names is not None
+            names = [str(class_names[c]) if named else str(c) for c in counts.columns]
+            ax.set_xticks(np.arange(counts.shape[1]), names, rotation=45 if named else 0,
                           ha="right" if named else "center", fontsize="small")
         else:
             ax.set_xticks([])
-        ax.set_title(f"fraction {fraction:g} (~{size:.0f} images)")
-        ax.set_ylabel("images in subset")
-        ax.legend(fontsize="x-small", ncol=2)
+        ax.set_yticks(np.arange(len(methods)), methods, fontsize="small")
+        ax.set_title(f"fraction {fraction:g} (~{balanced * counts.shape[1]:.0f} images)")
+        fig.colorbar(image, ax=ax, label="log2(images / balanced share)", shrink=0.8)
     return save(fig, path, table)

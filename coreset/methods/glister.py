@@ -49,6 +49,7 @@ from coreset.errors import ConfigError, StageError
 from coreset.methods.base import METHODS, Context, Inputs, Variant, check_variant, need_columns, score_frame
 from coreset.methods.embedding import EmbeddingMethod, greedy_position_scores, prefix_length
 from coreset.methods.geometry import PROBABILITY_FLOOR
+from coreset.methods.last_layer import batch_mean_weights
 from coreset.similarity import stack_list_column
 
 
@@ -96,8 +97,7 @@ def deepcore_gains(err_t: np.ndarray, emb_t: np.ndarray, selection_batch: int) -
     """DeepCore's static gains w_i·⟨g_i, mean_j w_j·g_j⟩ over one class's training rows (in
     sample_id order), w_i = 1/|batch of i| in batches of ``selection_batch``."""
     n = len(err_t)
-    sizes = np.minimum(selection_batch, n - np.arange(n) // selection_batch * selection_batch)
-    e = np.asarray(err_t, dtype=np.float64) / sizes[:, None]
+    e = np.asarray(err_t, dtype=np.float64) * batch_mean_weights(n, selection_batch)[:, None]
     p = with_bias(emb_t)
     target = p.T @ e / n  # mean_j w_j g_j as a (D + 1) x C matrix
     return np.einsum("ic,ic->i", e, p @ target)

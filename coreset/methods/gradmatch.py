@@ -19,8 +19,12 @@ is); every fraction is a prefix (scores 1 − i/n_c), and images past it score 0
 Differences from DeepCore: its subset is the images of non-zero weight after a final NNLS fit,
 which can be fewer than the budget; here the subset is the budget's OMP prefix, exactly k
 images, and no weights are recorded. DeepCore fits its first pick without the ridge
-(w = ⟨g_j, b⟩/‖g_j‖²), which changes which image comes second; ``variant="deepcore"`` does the
-same, the paper's ridge at every step is the default.
+(w = ⟨g_j, b⟩/‖g_j‖²), which changes which image comes second, and its gradients are those
+of each batch's mean loss over batches of ``selection_batch`` (256) of the class in index
+order (``calc_gradient`` with ``CrossEntropyLoss``'s default reduction), so a class's short
+last batch weighs more, in the picks and in the target. ``variant="deepcore"`` does both
+(:func:`~coreset.methods.last_layer.batch_mean_gram`); the paper's per-image gradients with
+the ridge at every step are the default.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from coreset.config_engine import at_least
 from coreset.methods.base import METHODS, Context, Variant, check_variant
 from coreset.methods.embedding import EmbeddingParams, greedy_position_scores, prefix_length
 from coreset.methods.greedy import ResidualBasis
-from coreset.methods.last_layer import LastLayerMethod
+from coreset.methods.last_layer import LastLayerMethod, batch_mean_gram
 
 
 def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper", steps: int | None = None
@@ -65,13 +69,16 @@ def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper", st
 @dataclass(frozen=True)
 class GradMatchParams(EmbeddingParams):
     """``lam``: the ridge λ on the weights (DeepCore's 1); ``variant``: ``deepcore`` fits the first
-    pick without the ridge, as DeepCore's code does."""
+    pick without the ridge and weights the gradients by 1/|batch| in batches of
+    ``selection_batch``, as DeepCore's code does."""
 
     lam: float = 1.0
     variant: Variant = "paper"
+    selection_batch: int = 256
 
     def validate(self, prefix: str) -> None:
         at_least(f"{prefix}lam", self.lam, 0.0)
+        at_least(f"{prefix}selection_batch", self.selection_batch, 1)
 
 
 @METHODS.register("gradmatch")
@@ -82,7 +89,7 @@ class GradMatch(LastLayerMethod):
     Params = GradMatchParams
 
     def __init__(self, epoch: int | None = None, lam: float = 1.0, variant: Variant = "paper",
-                 max_fraction: float = 1.0) -> None:
+                 selection_batch: int = 256, max_fraction: float = 1.0) -> None:
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         if not 0 < max_fraction <= 1:
@@ -91,6 +98,7 @@ class GradMatch(LastLayerMethod):
         super().__init__(epoch)
         self.lam = lam
         self.variant = variant
+        self.selection_batch = selection_batch
         self.max_fraction = max_fraction
 
     @classmethod
@@ -103,4 +111,6 @@ class GradMatch(LastLayerMethod):
         """The OMP prefix scores 1 − i/n (i-th pick); the images past it, which no configured
         fraction selects, score 0 (unranked): below every pick."""
         n = len(gram)
+        if self.variant == "deepcore":
+            gram = batch_mean_gram(gram, self.selection_batch)
         return greedy_position_scores(omp_order(gram, self.lam, self.variant, prefix_length(n, self.max_fraction)), n)

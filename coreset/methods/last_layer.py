@@ -27,6 +27,20 @@ def gradient_gram(err: np.ndarray, emb: np.ndarray) -> np.ndarray:
     return (e @ e.T) * (h @ h.T + 1.0)
 
 
+def batch_mean_weights(n: int, selection_batch: int) -> np.ndarray:
+    """1/|batch| of each of a class's ``n`` rows (in sample_id order), in batches of
+    ``selection_batch``: DeepCore's gradients are those of each batch's *mean* loss
+    (``CrossEntropyLoss``'s default reduction), so a class's short last batch weighs more."""
+    sizes = np.minimum(selection_batch, n - np.arange(n) // selection_batch * selection_batch)
+    return 1.0 / sizes
+
+
+def batch_mean_gram(gram: np.ndarray, selection_batch: int) -> np.ndarray:
+    """The Gram matrix of the gradients w_i·g_i, w = :func:`batch_mean_weights`."""
+    w = batch_mean_weights(len(gram), selection_batch)
+    return gram * np.outer(w, w)
+
+
 def shifted_cosine(gram: np.ndarray) -> np.ndarray:
     """½ + ½·cos(g_i, g_j) ∈ [0, 1], DeepCore's ``cossim_np``: non-negative, as facility location and
     graph cut need. A zero gradient (``err`` all zero after float16 rounding) has cosine 0 with

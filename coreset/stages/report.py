@@ -32,7 +32,7 @@ from coreset.reporting.page import Table, render
 from coreset.storage import StudyRoot
 from coreset.tables import read_table
 
-VERSION = 1  # of the report's drawing: a change redraws every report
+VERSION = 2  # of the report's drawing: a change redraws every report
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 the full data. Pure PyTorch; Ray Tune runs one :func:`retrain` per trial. The resume plan
 (:func:`plan`) is the grid less the trials whose accuracy rows the root already holds.
 
-Both length policies run a number of optimiser steps split into evaluation intervals:
-``epochs`` evaluates after every pass over the subset; ``steps`` runs a fixed budget of
-steps (reshuffled passes over the subset) and evaluates at evenly spaced points, so tiny
-subsets are not evaluated hundreds of times.
+Every length policy runs optimiser steps split into evaluation intervals: ``epochs``
+evaluates after every pass over the subset (DeepCore's 200 epochs); ``steps`` runs a fixed
+budget of steps (reshuffled passes over the subset) and evaluates at evenly spaced points,
+so tiny subsets are not evaluated hundreds of times; ``early_stopping`` (the
+gradient-magnitude paper's) measures validation accuracy every ``validate_every`` steps,
+stops when it stalls, and reports the test accuracy of its best-validation checkpoint.
 
 Trials run in packs (:func:`trial_packs`), one after another in one process that loads the
 data once. On 2 CPU cores an MNIST trial of 300 steps trains in 15-30 s, and a process of its
@@ -29,7 +31,7 @@ import torch
 
 from coreset import layout
 from coreset.config import StudyConfig
-from coreset.data import Batches, Datasets
+from coreset.data import Batches, Datasets, split_ids
 from coreset.devices import pick_device
 from coreset.errors import StageError
 from coreset.methods.budget import global_budget
@@ -111,6 +113,13 @@ def subset_ids(trial: Trial, subsets: pd.DataFrame, train_ids: np.ndarray) -> np
     return np.sort(rows.sample_id.to_numpy())
 
 
+def recorded_validation(cfg: StudyConfig, root: StudyRoot) -> np.ndarray | None:
+    """The validation images early stopping measures (None under the other policies)."""
+    if cfg.retrain.policy != "early_stopping":
+        return None
+    return validation_ids(cfg, split_ids(read_table(root, layout.SPLIT, "split"), "val"))
+
+
 def recorded_subset(root: StudyRoot, trial: Trial) -> np.ndarray:
     """The sorted train ids ``trial`` trains on: its subset as the score stage recorded it
     (``subsets/<method>.parquet``), or the recorded train split for ``full``."""
@@ -150,11 +159,16 @@ def trial_packs(cfg: StudyConfig, trials: list[Trial], n_train: int, slots: int)
 
 
 def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
-    """(evaluation intervals, steps per interval) of a trial on ``n`` images."""
+    """(evaluation intervals, steps per interval) of a trial on ``n`` images; under
+    ``early_stopping`` the most it may run (it stops sooner when validation accuracy stalls)."""
     r = cfg.retrain
     per_pass = math.ceil(n / r.batch_size)
     if r.policy == "epochs":
         return r.epochs, per_pass
+    if r.policy == "early_stopping":
+        most = min(r.steps, r.epochs * per_pass)
+        per = min(r.validate_every, most)
+        return math.ceil(most / per), per
     intervals = min(r.evaluations, r.steps)
     return intervals, math.ceil(r.steps / intervals)
 
@@ -166,48 +180,112 @@ def cycle_batches(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor
         yield from batches
 
 
+@dataclass
+class EarlyStopping:
+    """Patience on validation accuracy. :meth:`update` takes each measurement and says whether
+    it is the best so far (strictly: a tie keeps the earlier, shorter-trained checkpoint);
+    :attr:`stop` holds once ``patience`` measurements in a row were not."""
+
+    patience: int
+    best: float = -math.inf
+    best_step: int = 0
+    since_best: int = 0
+
+    def update(self, acc: float, step: int) -> bool:
+        if acc > self.best:
+            self.best, self.best_step, self.since_best = acc, step, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.since_best >= self.patience
+
+
+def validation_ids(cfg: StudyConfig, val_ids: np.ndarray) -> np.ndarray:
+    """The validation images early stopping measures: ``retrain.val_size`` of the split, drawn
+    once from the study's seed (the same for every trial), or all of it."""
+    size = cfg.retrain.val_size
+    if size == 0 or size >= len(val_ids):
+        return np.sort(val_ids)
+    return np.sort(np.random.default_rng(cfg.seed + 2).choice(val_ids, size, replace=False))
+
+
 def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
             report: Callable[[dict[str, Any]], None] = lambda m: None,
-            device: torch.device | None = None) -> dict[str, Any]:
-    """Train ``trial.target_model`` from random init on ``ids``; the trial's accuracy row."""
+            device: torch.device | None = None, val_ids: np.ndarray | None = None) -> dict[str, Any]:
+    """Train ``trial.target_model`` from random init on ``ids``; the trial's accuracy row.
+    ``val_ids``: the validation images ``early_stopping`` measures (see :func:`validation_ids`)."""
     start = time.perf_counter()
+    r = cfg.retrain
+    early = r.policy == "early_stopping"
+    if early and (val_ids is None or not len(val_ids)):
+        raise StageError("retrain.policy early_stopping needs the study's validation images; the split has none")
     device = device or pick_device(cfg.train.use_gpu)
     torch.manual_seed(cfg.seed * 1_000_003 + trial.seed)
     model = prepare_model(build_model(trial.target_model, datasets.spec), device)
     intervals, per_interval = schedule(cfg, len(ids))
     tcfg = dataclasses.replace(cfg.train, epochs=intervals, warmup_epochs=0,
                                milestones=tuple(m for m in cfg.train.milestones if m <= intervals))
-    if tcfg.schedule == "step" and not tcfg.milestones:
+    if (tcfg.schedule == "step" and not tcfg.milestones) or early:
+        # early stopping at a constant rate: one decaying over the maximum would keep validation
+        # accuracy creeping up until the maximum, and the rule would never stop
         tcfg = dataclasses.replace(tcfg, schedule="constant")
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
-    train = datasets.subset_batches(ids, cfg.retrain.batch_size, train=True, shuffle=True, seed=trial.seed)
+    train = datasets.subset_batches(ids, r.batch_size, train=True, shuffle=True, seed=trial.seed)
     stream = cycle_batches(train)
     test = datasets.batches("test", None, cfg.train.eval_batch_size)
-    accs = []
+    val = datasets.batches("train", val_ids, cfg.train.eval_batch_size) if early else None
+    stopper, best_state, accs = EarlyStopping(r.patience), None, []
     for interval in range(1, intervals + 1):
         stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device,
                                 cfg.train.amp)
-        acc = evaluate(model, test, device, cfg.train.amp).acc
-        accs.append(acc)
-        report({"epoch": interval, "step": interval * per_interval, "test_acc": acc, "train_loss": stats.loss})
-    steps = intervals * per_interval
+        step = interval * per_interval
+        if val is None:
+            accs.append(evaluate(model, test, device, cfg.train.amp).acc)
+            report({"epoch": interval, "step": step, "test_acc": accs[-1], "train_loss": stats.loss})
+            continue
+        val_acc = evaluate(model, val, device, cfg.train.amp).acc
+        if stopper.update(val_acc, step):
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        report({"epoch": interval, "step": step, "val_acc": val_acc, "train_loss": stats.loss})
+        if stopper.stop:
+            break
+    steps = interval * per_interval
+    if val is None:
+        test_acc, final, val_acc, best_step = accs[-1], accs[-1], math.nan, steps
+    else:
+        final = evaluate(model, test, device, cfg.train.amp).acc
+        if stopper.best_step != steps:
+            model.load_state_dict(best_state)
+        test_acc = final if stopper.best_step == steps else evaluate(model, test, device, cfg.train.amp).acc
+        accs, val_acc, best_step = [final, test_acc], stopper.best, stopper.best_step
     return {"method": trial.method, "fraction": trial.fraction, "seed": trial.seed, "source_model": cfg.model.name,
-            "target_model": trial.target_model, "n_train": len(ids), "test_acc": accs[-1], "best_test_acc": max(accs),
-            "epochs": steps * cfg.retrain.batch_size / len(ids), "steps": steps, "policy": cfg.retrain.policy,
+            "target_model": trial.target_model, "n_train": len(ids), "test_acc": test_acc, "best_test_acc": max(accs),
+            "final_test_acc": final, "val_acc": val_acc, "best_step": best_step,
+            "epochs": steps * min(r.batch_size, len(ids)) / len(ids), "steps": steps, "policy": r.policy,
             "wall_s": time.perf_counter() - start, "config": json.dumps(trial_settings(cfg), sort_keys=True)}
 
 
 def trial_settings(cfg: StudyConfig) -> dict[str, Any]:
-    """What a trial's result depends on besides its grid point (recorded per row)."""
+    """What a trial's result depends on besides its grid point (recorded per row). The
+    early-stopping settings join only under that policy: rows of the other policies keep
+    their key."""
     r, t = cfg.retrain, cfg.train
-    return {"policy": r.policy, "epochs": r.epochs, "steps": r.steps, "evaluations": r.evaluations,
-            "batch_size": r.batch_size, "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
-            "nesterov": t.nesterov, "schedule": t.schedule, "amp": t.amp, "data": cfg.data.name, "seed": cfg.seed}
+    settings = {"policy": r.policy, "epochs": r.epochs, "steps": r.steps, "evaluations": r.evaluations,
+                "batch_size": r.batch_size, "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
+                "nesterov": t.nesterov, "schedule": t.schedule, "amp": t.amp, "data": cfg.data.name, "seed": cfg.seed}
+    if r.policy == "early_stopping":
+        settings.update(validate_every=r.validate_every, patience=r.patience, val_size=r.val_size)
+    return settings
 
 
 def summary_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """method x fraction: mean ± std of final test accuracy over seeds (and the best, for reference)."""
+    """method x fraction: mean ± std over seeds of the trials' test accuracy (the final
+    checkpoint's, or under early stopping the best-validation checkpoint's), the best test
+    accuracy for reference."""
     g = accuracy.groupby(["target_model", "method", "fraction"])
     out = g.agg(test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
                 best_test_acc_mean=("best_test_acc", "mean"), seeds=("seed", "nunique"), n_train=("n_train", "first"))
@@ -215,7 +293,7 @@ def summary_table(accuracy: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_summary(accuracy: pd.DataFrame) -> str:
-    """method x fraction table of final test accuracy, mean ± std over seeds, per target model
+    """method x fraction table of test accuracy, mean ± std over seeds, per target model
     (what a job prints; the accuracy table itself is the result)."""
     table = summary_table(accuracy)
     blocks = []
@@ -224,7 +302,9 @@ def format_summary(accuracy: pd.DataFrame) -> str:
                           axis=1)
         grid = rows.assign(cell=cell).pivot(index="method", columns="fraction", values="cell").fillna("")
         grid.index.name = None  # one header line: the fractions
-        title = f"test accuracy (%) of {target} by method and fraction, mean ± std over seeds:"
+        early = "policy" in accuracy and (accuracy.policy[accuracy.target_model == target] == "early_stopping").all()
+        at = " at the best-validation checkpoint" if early else ""
+        title = f"test accuracy (%){at} of {target} by method and fraction, mean ± std over seeds:"
         blocks.append(f"{title}\n{grid.to_string()}")
     return "\n\n".join(blocks)
 

@@ -2,6 +2,7 @@
 same settings) and one trial's training; Tune runs trials in tests/test_faults.py and the e2e test."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,19 @@ from studies import synthetic_study
 from coreset import layout
 from coreset.data import load_datasets, split_ids
 from coreset.errors import StageError
-from coreset.stages.retrain import Trial, plan, retrain, subset_ids, trial_cost, trial_grid, trial_packs
+from coreset.stages.retrain import (
+    EarlyStopping,
+    Trial,
+    plan,
+    retrain,
+    schedule,
+    subset_ids,
+    trial_cost,
+    trial_grid,
+    trial_packs,
+    trial_settings,
+    validation_ids,
+)
 from coreset.stages.train import load_split
 from coreset.storage import StudyRoot
 from coreset.tables import write_table
@@ -84,3 +97,48 @@ def test_trial_packs_hold_every_trial_once_and_cost_about_the_same() -> None:
     assert len(sized) == len(trials)  # one trial a process, as before packs
     assert trial_packs(cfg, trials[:3], 1000, slots=8) == [[t] for t in sorted(trials[:3], key=lambda t: t.key)]
     assert trial_packs(cfg, [], 1000, slots=2) == []
+
+
+def test_early_stopping_keeps_the_first_best_and_stops_after_patience_measurements_without_one() -> None:
+    stopper = EarlyStopping(patience=2)
+    seen = [(acc, stopper.update(acc, step), stopper.stop) for step, acc in ((5, 0.5), (10, 0.6), (15, 0.6),
+                                                                              (20, 0.7), (25, 0.65), (30, 0.7))]
+    assert [(better, stop) for _, better, stop in seen] == [(True, False), (True, False), (False, False),
+                                                           (True, False), (False, False), (False, True)]
+    assert (stopper.best, stopper.best_step) == (0.7, 20)  # the tie at step 30 keeps the earlier checkpoint
+
+
+def test_early_stopping_reports_the_best_validation_checkpoints_test_accuracy() -> None:
+    """Early stopping trains at a constant rate, so the steps up to a point do not depend on the
+    maximum: a trial capped at another's best-validation step ends on that checkpoint, and its
+    final test accuracy must be the one the first trial reported for its best checkpoint."""
+    cfg = _cfg("retrain.policy=early_stopping", "retrain.steps=200", "retrain.validate_every=4",
+               "retrain.patience=3", "train.schedule=cosine", "train.lr=0.2", "retrain.batch_size=16")
+    datasets = load_datasets(cfg.data)
+    ids, val = np.arange(0, 120), validation_ids(cfg, np.arange(120, 200))
+    trial = Trial("random", 0.5, 0, "mnist_cnn")
+    seen: list[dict] = []
+    row = retrain(cfg, datasets, trial, ids, report=seen.append, val_ids=val)
+    assert row["steps"] < 200 and row["steps"] % 4 == 0  # stopped before the maximum, at a measurement
+    assert row["val_acc"] == max(m["val_acc"] for m in seen)
+    assert row["best_step"] == next(m["step"] for m in seen if m["val_acc"] == row["val_acc"])
+    assert row["steps"] == row["best_step"] + 3 * 4  # three measurements without a better one
+    assert row["epochs"] == pytest.approx(row["steps"] * 16 / 120)
+    capped = retrain(dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, steps=row["best_step"])),
+                     datasets, trial, ids, val_ids=val)
+    assert capped["steps"] == row["best_step"]
+    assert capped["final_test_acc"] == row["test_acc"]
+
+
+def test_early_stopping_settings_and_schedule() -> None:
+    cfg = _cfg("retrain.policy=early_stopping", "retrain.steps=1000", "retrain.epochs=30", "retrain.validate_every=50",
+               "retrain.batch_size=10")
+    assert schedule(cfg, 100) == (6, 50)  # 30 epochs of 10 steps cap the 1000 steps: 300, measured every 50
+    assert schedule(cfg, 5) == (1, 30)  # 30 one-step epochs, measured once
+    assert "patience" in trial_settings(cfg) and "patience" not in trial_settings(_cfg())  # other keys unchanged
+    val = np.arange(100, 400)
+    assert np.array_equal(validation_ids(cfg, val), val)
+    drawn = validation_ids(dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, val_size=50)), val)
+    assert len(drawn) == 50 and set(drawn) <= set(val) and np.all(np.diff(drawn) > 0)
+    with pytest.raises(StageError, match="needs the study's validation images"):
+        retrain(cfg, load_datasets(cfg.data), Trial("random", 0.5, 0, "mnist_cnn"), np.arange(20))
