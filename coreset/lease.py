@@ -84,7 +84,7 @@ def hold_lease(root: StudyRoot, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterato
     """Hold ``root``'s lease for the ``with`` body; released on any exit (normal, user error,
     exception). Raises :class:`LeaseError` when another live driver holds it."""
     lease = _LocalLease(root) if root.local else _ObjectLease(root, timeout_s)
-    term = _stop_on_sigterm()
+    restore = _stop_on_sigterm()
     try:
         yield lease.me
     except (KeyboardInterrupt, UserError):  # a stage that ends on the stop signal says "interrupted"
@@ -93,19 +93,25 @@ def hold_lease(root: StudyRoot, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterato
                              f"(no heartbeat for {timeout_s:.0f} s); the job stopped") from None
         raise
     finally:
-        if term is not None:
-            signal.signal(signal.SIGTERM, term)
+        for signum, handler in restore.items():
+            signal.signal(signum, handler)
         lease.release()
 
 
-def _stop_on_sigterm() -> Callable[..., object] | int | None:
+def _stop_on_sigterm() -> dict[int, Callable[..., object] | int | None]:
     """``ray job stop`` (and ``kill``) send SIGTERM, whose default ends the driver at once and
     leaves an object-store lease to time out. Re-raised as SIGINT it stops the job as Ctrl-C
     does (Tune winds its trials down and keeps its state; elsewhere KeyboardInterrupt), and the
-    lease is released on the way out. Returns the handler to restore (None off the main thread)."""
+    lease is released on the way out. A driver started in the background of a script
+    (``nohup ... &``) inherits SIGINT ignored, which would swallow that SIGINT and the lost-lease
+    stop: it gets Python's KeyboardInterrupt handler back while it holds the lease. Returns the
+    handlers to restore (none off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+        return {}
+    restore = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        restore[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return restore
 
 
 class _LocalLease:

@@ -34,11 +34,13 @@ with hold_lease(StudyRoot(sys.argv[1]), float(sys.argv[2])):
 """
 
 
-def _holder_process(root: str) -> subprocess.Popen:
-    """Another driver process that holds ``root``'s lease until it is killed."""
+def _holder_process(root: str, sigint_ignored: bool = False) -> subprocess.Popen:
+    """Another driver process that holds ``root``'s lease until it is killed; ``sigint_ignored``:
+    started as a script's background job (``nohup ... &``) is, with SIGINT ignored."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen([sys.executable, "-c", _HOLD, root, str(TIMEOUT_S)], stdout=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=ignore)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -86,12 +88,14 @@ def test_killed_holder_is_taken_over(kind: str, tmp_path: Path, request: pytest.
     assert len(taken) == 1 and f"pid {proc.pid}" in taken[0], taken
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_terminated_holder_releases_at_once(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("kind", "background"), [("local", False), ("s3", False), ("local", True)])
+def test_terminated_holder_releases_at_once(kind: str, background: bool, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
     """SIGTERM (``ray job stop``) ends the holder as Ctrl-C does, releasing the lease: the next
-    driver gets it at once, also on S3 where a killed one's waits for the timeout."""
+    driver gets it at once, also on S3 where a killed one's waits for the timeout, and also
+    for a driver started in a script's background, which inherits SIGINT ignored."""
     uri = _roots(tmp_path, request, kind)
-    proc = _holder_process(uri)
+    proc = _holder_process(uri, sigint_ignored=background)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0
     root = StudyRoot(uri)

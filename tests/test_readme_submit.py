@@ -107,8 +107,10 @@ def test_readme_single_machine_submit(tmp_path: Path, shared_data: Path) -> None
     submit_block = submit_block.replace("8265", str(dashboard))
     log = tmp_path / "head.log"
     with open(log, "w") as out:
+        # a terminal's shell: SIGINT at its default even when the suite itself runs in a script's background
         head = subprocess.Popen(["bash", "-c", head_block], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=work / "coreset", start_new_session=True)
+                                cwd=work / "coreset", start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready = ["ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"]
         wait_for(lambda: head.poll() is not None or subprocess.run(
