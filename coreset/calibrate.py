@@ -245,7 +245,8 @@ def score_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resou
 
 def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, resources: dict[str, float],
                   load_s: float) -> dict[str, Rate]:
-    """Per step of each target model (its evaluations shared over the grid's mean steps; timed
+    """Per step of each target model (its evaluations shared over the grid's mean steps, under
+    early stopping as if every trial ran its maximum; timed
     with as many trials at once as share this machine), per pack's start (a fresh
     interpreter's imports and the data load), and the stage's start."""
     unit = placement.trial(cfg, resources)
@@ -255,6 +256,8 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     steps = [retrain.schedule(cfg, retrain.trial_images(t, len(train_ids))) for t in grid]
     mean_steps = float(np.mean([i * per for i, per in steps]))
     mean_evals = float(np.mean([i for i, _ in steps]))
+    val_ids = retrain.validation_ids(cfg, np.sort(split.sample_id[split.split == "val"].to_numpy()))
+    evaluated = retrain.evaluated_images(cfg, mean_evals, len(datasets.test), len(val_ids))
     rates: dict[str, Rate] = {}
 
     def trial(target: str, seed: int) -> tuple[float, float]:
@@ -269,8 +272,8 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
             # as many trials at once as share this machine: each one's steps and evaluations timed among them
             timed = _at_once(functools.partial(trial, target), sharing(unit))
             step_s = float(np.mean([t[0] for t in timed]))
-            eval_s = float(np.mean([t[1] for t in timed])) * len(datasets.test)
-            per_step = step_s + mean_evals * eval_s / max(mean_steps, 1.0)
+            per_image = float(np.mean([t[1] for t in timed]))
+            per_step = step_s + per_image * evaluated / max(mean_steps, 1.0)
             rates[f"retrain.{target}.step"] = Rate(per_step, "step", unit.device, unit.threads)
     imports = import_seconds()
     rates["retrain.pack_start"] = rate(imports + load_s, 1, "pack", unit.device, unit.threads)

@@ -282,9 +282,10 @@ class RetrainConfig:
     and at most ``epochs`` passes, measure validation accuracy every ``validate_every``
     steps (on ``val_size`` images of the study's validation split; 0: all of them), and stop
     when it has not improved for ``patience`` measurements. A row then holds the test
-    accuracy of the best-validation checkpoint (``test_acc_at_best_val``) beside the final
-    one (``test_acc``), with the steps it ran. Its learning rate is constant (``train.lr``): one
-    decaying over the maximum would keep validation accuracy rising until the maximum.
+    accuracy of the best-validation checkpoint (``test_acc``) beside the last one's
+    (``final_test_acc``), with its validation accuracy and the steps it ran. Its learning
+    rate is constant (``train.lr``): one decaying over the maximum would keep validation
+    accuracy rising until the maximum.
 
     Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
     to take several), one after the other in one Tune trial: a small-subset trial is seconds

@@ -107,8 +107,9 @@ def run_retrain(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     log.debug("retrain: %d trials, %d already finished", len(grid), len(grid) - len(pending))
     errored = 0
     progress = TrialProgress(len(grid), len(grid) - len(pending))
-    packs = trial_packs(cfg, pending, len(recorded_train_ids(root)), placement.trial(cfg, resources).parallel)
+    packs: list[list[Trial]] = []
     if pending:
+        packs = trial_packs(cfg, pending, len(recorded_train_ids(root)), placement.trial(cfg, resources).parallel)
         results = _tune(cfg, root, resources, grid, packs, progress)
         errors = [r.metrics[_USER_ERROR] for r in results if r.metrics and r.metrics.get(_USER_ERROR)]
         if errors:

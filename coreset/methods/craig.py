@@ -19,7 +19,7 @@ Differences from DeepCore: its gradients are those of each batch's mean loss ove
 ``selection_batch`` (256) of the class in index order (``calc_gradient`` with
 ``CrossEntropyLoss``'s default reduction), so a class's short last batch has larger gradients
 and distances; ``variant="deepcore"`` does the same
-(:func:`~coreset.methods.last_layer.batch_mean_gram`), per-image gradients are the default.
+(:class:`~coreset.methods.last_layer.LastLayerMethod`'s ``selection_batch``), per-image gradients are the default.
 Its weights start at 1 and add one per image of the cluster (γ + 1); ties in the nearest
 chosen image go to the earlier pick here, to the lower index there. The retraining stage
 trains unweighted, as it does every method (the GradSimCore paper's setting).
@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from coreset.config_engine import at_least
 from coreset.methods.base import METHODS, Variant, check_variant, score_frame
 from coreset.methods.embedding import EmbeddingParams, greedy_position_scores
 from coreset.methods.greedy import lazy_greedy
-from coreset.methods.last_layer import LastLayerMethod, batch_mean_gram, distances
+from coreset.methods.last_layer import BatchMeanParams, LastLayerMethod, distances
 from coreset.methods.submodular import FacilityLocation
 
 
@@ -82,14 +81,8 @@ def subset_weights(assignment: pd.DataFrame, subset: np.ndarray) -> pd.DataFrame
 
 
 @dataclass(frozen=True)
-class CraigParams(EmbeddingParams):
-    """``variant``: ``deepcore`` weights the gradients by 1/|batch| in batches of ``selection_batch``."""
-
-    variant: Variant = "paper"
-    selection_batch: int = 256
-
-    def validate(self, prefix: str) -> None:
-        at_least(f"{prefix}selection_batch", self.selection_batch, 1)
+class CraigParams(BatchMeanParams, EmbeddingParams):
+    """``variant``: ``deepcore`` takes DeepCore's gradients of each batch's mean loss."""
 
 
 @METHODS.register("craig")
@@ -101,11 +94,9 @@ class Craig(LastLayerMethod):
 
     def __init__(self, epoch: int | None = None, variant: Variant = "paper", selection_batch: int = 256) -> None:
         check_variant(variant)
-        if selection_batch < 1:
-            raise ValueError(f"selection_batch must be >= 1, got {selection_batch}")
         super().__init__(epoch)
         self.variant = variant
-        self.selection_batch = selection_batch
+        self.selection_batch = selection_batch if variant == "deepcore" else None  # paper: unused
         self._assignments: pd.DataFrame | None = None
 
     def class_scores(self, gram: np.ndarray) -> np.ndarray:
@@ -114,8 +105,6 @@ class Craig(LastLayerMethod):
 
     def class_order_scores(self, gram: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """A class's position scores and its (image, position, medoid) assignment changes."""
-        if self.variant == "deepcore":
-            gram = batch_mean_gram(gram, self.selection_batch)
         similarity = craig_similarity(gram)
         order = lazy_greedy(FacilityLocation(similarity), len(gram))
         return greedy_position_scores(order), assignments(similarity, order)

@@ -44,12 +44,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from coreset.config_engine import at_least
 from coreset.errors import ConfigError, StageError
 from coreset.methods.base import METHODS, Context, Inputs, Variant, check_variant, need_columns, score_frame
 from coreset.methods.embedding import EmbeddingMethod, greedy_position_scores, prefix_length
 from coreset.methods.geometry import PROBABILITY_FLOOR
-from coreset.methods.last_layer import batch_mean_weights
+from coreset.methods.last_layer import BatchMeanParams, batch_mean_weights
 from coreset.similarity import stack_list_column
 
 
@@ -104,19 +103,17 @@ def deepcore_gains(err_t: np.ndarray, emb_t: np.ndarray, selection_batch: int) -
 
 
 @dataclass(frozen=True)
-class GlisterParams:
+class GlisterParams(BatchMeanParams):
     """``eta``: the step η (unset: ``train.lr``, as DeepCore); ``variant``: ``deepcore`` ranks by
     DeepCore's static gains on the class's own images; ``selection_batch``: DeepCore's batch
     (its ``--batch``, 256), which weights its gradients (``deepcore`` only)."""
 
     eta: float | None = None
-    variant: Variant = "paper"
-    selection_batch: int = 256
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         if self.eta is not None and not self.eta > 0:
             raise ConfigError(f"{prefix}eta must be > 0, got {self.eta}")
-        at_least(f"{prefix}selection_batch", self.selection_batch, 1)
 
 
 @METHODS.register("glister")

@@ -23,7 +23,7 @@ images, and no weights are recorded. DeepCore fits its first pick without the ri
 of each batch's mean loss over batches of ``selection_batch`` (256) of the class in index
 order (``calc_gradient`` with ``CrossEntropyLoss``'s default reduction), so a class's short
 last batch weighs more, in the picks and in the target. ``variant="deepcore"`` does both
-(:func:`~coreset.methods.last_layer.batch_mean_gram`); the paper's per-image gradients with
+(:class:`~coreset.methods.last_layer.LastLayerMethod`'s ``selection_batch``); the paper's per-image gradients with
 the ridge at every step are the default.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from coreset.config_engine import at_least
 from coreset.methods.base import METHODS, Context, Variant, check_variant
 from coreset.methods.embedding import EmbeddingParams, greedy_position_scores, prefix_length
 from coreset.methods.greedy import ResidualBasis
-from coreset.methods.last_layer import LastLayerMethod, batch_mean_gram
+from coreset.methods.last_layer import BatchMeanParams, LastLayerMethod
 
 
 def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper", steps: int | None = None
@@ -67,18 +67,16 @@ def omp_order(gram: np.ndarray, lam: float = 1.0, variant: Variant = "paper", st
 
 
 @dataclass(frozen=True)
-class GradMatchParams(EmbeddingParams):
+class GradMatchParams(BatchMeanParams, EmbeddingParams):
     """``lam``: the ridge λ on the weights (DeepCore's 1); ``variant``: ``deepcore`` fits the first
     pick without the ridge and weights the gradients by 1/|batch| in batches of
     ``selection_batch``, as DeepCore's code does."""
 
     lam: float = 1.0
-    variant: Variant = "paper"
-    selection_batch: int = 256
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         at_least(f"{prefix}lam", self.lam, 0.0)
-        at_least(f"{prefix}selection_batch", self.selection_batch, 1)
 
 
 @METHODS.register("gradmatch")
@@ -98,7 +96,7 @@ class GradMatch(LastLayerMethod):
         super().__init__(epoch)
         self.lam = lam
         self.variant = variant
-        self.selection_batch = selection_batch
+        self.selection_batch = selection_batch if variant == "deepcore" else None  # paper: unused
         self.max_fraction = max_fraction
 
     @classmethod
@@ -111,6 +109,4 @@ class GradMatch(LastLayerMethod):
         """The OMP prefix scores 1 − i/n (i-th pick); the images past it, which no configured
         fraction selects, score 0 (unranked): below every pick."""
         n = len(gram)
-        if self.variant == "deepcore":
-            gram = batch_mean_gram(gram, self.selection_batch)
         return greedy_position_scores(omp_order(gram, self.lam, self.variant, prefix_length(n, self.max_fraction)), n)

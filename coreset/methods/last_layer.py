@@ -13,9 +13,13 @@ gradients of its short selection training's model).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from coreset.config_engine import at_least
+from coreset.methods.base import Variant
 from coreset.methods.embedding import EmbeddingMethod
 from coreset.similarity import stack_list_column
 
@@ -31,6 +35,8 @@ def batch_mean_weights(n: int, selection_batch: int) -> np.ndarray:
     """1/|batch| of each of a class's ``n`` rows (in sample_id order), in batches of
     ``selection_batch``: DeepCore's gradients are those of each batch's *mean* loss
     (``CrossEntropyLoss``'s default reduction), so a class's short last batch weighs more."""
+    if selection_batch < 1:
+        raise ValueError(f"selection_batch must be >= 1, got {selection_batch}")
     sizes = np.minimum(selection_batch, n - np.arange(n) // selection_batch * selection_batch)
     return 1.0 / sizes
 
@@ -39,6 +45,19 @@ def batch_mean_gram(gram: np.ndarray, selection_batch: int) -> np.ndarray:
     """The Gram matrix of the gradients w_i·g_i, w = :func:`batch_mean_weights`."""
     w = batch_mean_weights(len(gram), selection_batch)
     return gram * np.outer(w, w)
+
+
+@dataclass(frozen=True)
+class BatchMeanParams:
+    """``variant``: ``deepcore`` reproduces DeepCore's code, whose gradients are those of each
+    batch's mean loss over batches of ``selection_batch`` (its ``--batch``, 256) of the class in
+    index order (:func:`batch_mean_weights`); shared by the methods whose DeepCore variant does."""
+
+    variant: Variant = "paper"
+    selection_batch: int = 256
+
+    def validate(self, prefix: str) -> None:
+        at_least(f"{prefix}selection_batch", self.selection_batch, 1)
 
 
 def shifted_cosine(gram: np.ndarray) -> np.ndarray:
@@ -68,11 +87,15 @@ def distances(gram: np.ndarray) -> np.ndarray:
 
 
 class LastLayerMethod(EmbeddingMethod):
-    """Scores each class from the Gram matrix of its last-layer gradients."""
+    """Scores each class from the Gram matrix of its last-layer gradients: of each image's
+    loss, or with ``selection_batch`` set (a DeepCore variant) of each batch's mean loss."""
+
+    selection_batch: int | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
         return ("err", "emb")
 
     def matrix(self, group: pd.DataFrame) -> np.ndarray:
-        return gradient_gram(stack_list_column(group["err"]), stack_list_column(group["emb"]))
+        gram = gradient_gram(stack_list_column(group["err"]), stack_list_column(group["emb"]))
+        return gram if self.selection_batch is None else batch_mean_gram(gram, self.selection_batch)

@@ -173,6 +173,15 @@ def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
     return intervals, math.ceil(r.steps / intervals)
 
 
+def evaluated_images(cfg: StudyConfig, intervals: float, n_test: int, n_val: int) -> float:
+    """Images a trial of ``intervals`` evaluation intervals evaluates: the test split at each,
+    or under early stopping the ``n_val`` validation images at each and the test split at the
+    last and the best checkpoint (the most it evaluates)."""
+    if cfg.retrain.policy == "early_stopping":
+        return intervals * n_val + 2 * n_test
+    return intervals * n_test
+
+
 def cycle_batches(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless batches: a fixed number of steps may outlast one pass over a small subset."""
     for epoch in itertools.count(1):
@@ -257,10 +266,10 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     if val is None:
         test_acc, final, val_acc, best_step = accs[-1], accs[-1], math.nan, steps
     else:
-        final = evaluate(model, test, device, cfg.train.amp).acc
-        if stopper.best_step != steps:
+        final = test_acc = evaluate(model, test, device, cfg.train.amp).acc
+        if stopper.best_step != steps:  # back to the best-validation checkpoint
             model.load_state_dict(best_state)
-        test_acc = final if stopper.best_step == steps else evaluate(model, test, device, cfg.train.amp).acc
+            test_acc = evaluate(model, test, device, cfg.train.amp).acc
         accs, val_acc, best_step = [final, test_acc], stopper.best, stopper.best_step
     return {"method": trial.method, "fraction": trial.fraction, "seed": trial.seed, "source_model": cfg.model.name,
             "target_model": trial.target_model, "n_train": len(ids), "test_acc": test_acc, "best_test_acc": max(accs),

@@ -16,6 +16,7 @@ from coreset.errors import StageError
 from coreset.stages.retrain import (
     EarlyStopping,
     Trial,
+    evaluated_images,
     plan,
     retrain,
     schedule,
@@ -136,6 +137,8 @@ def test_early_stopping_settings_and_schedule() -> None:
     assert schedule(cfg, 100) == (6, 50)  # 30 epochs of 10 steps cap the 1000 steps: 300, measured every 50
     assert schedule(cfg, 5) == (1, 30)  # 30 one-step epochs, measured once
     assert "patience" in trial_settings(cfg) and "patience" not in trial_settings(_cfg())  # other keys unchanged
+    assert evaluated_images(cfg, 6, n_test=1000, n_val=300) == 6 * 300 + 2 * 1000  # measured, then last and best
+    assert evaluated_images(_cfg(), 2, n_test=1000, n_val=300) == 2 * 1000
     val = np.arange(100, 400)
     assert np.array_equal(validation_ids(cfg, val), val)
     drawn = validation_ids(dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, val_size=50)), val)
