@@ -8,6 +8,7 @@ as YAML scalars.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -205,6 +206,25 @@ class GradientsConfig:
 Budget = Literal["default", "global", "class_balanced"]
 
 
+def method_of(instance: str) -> str:
+    """The registered method of a method instance (``gradsimcore@threshold_quantile=0.5``:
+    ``gradsimcore``); a plain method name is its own."""
+    return instance.partition("@")[0]
+
+
+def setting_text(value: Any) -> str:
+    """A swept value as an instance name writes it: floats in their shortest form (0.9, 1e-05)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def instance_name(method: str, setting: Mapping[str, Any]) -> str:
+    return f"{method}@" + ",".join(f"{p}={setting_text(v)}" for p, v in setting.items())
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """Scores and subsets: every method x fraction x seed.
@@ -216,6 +236,18 @@ class ScoreConfig:
     others). ``params`` holds each method's own parameters, declared by the method
     (``score.params.gradsimcore.threshold_quantile=0.8``, ``score.params.nonextreme_max_gradient.drop_fraction=0.1``);
     unset ones keep the method's defaults.
+
+    ``sweep`` lists values of a method's parameters to compare, as seeds are:
+    ``{gradsimcore: {threshold_quantile: [0.5, 0.9, 0.99]}}`` scores the method once per value
+    (every combination, when several parameters are swept) and retrains each of them at every
+    fraction and seed; a list of settings names them one by one instead
+    (``{gradsimcore: [{threshold_quantile: 0.9}, {threshold: 0.5}]}``: quantile and fixed Φ
+    side by side). Each scoring is a method *instance* named
+    ``<method>@<param>=<value>[,<param>=<value>]`` (``gradsimcore@threshold_quantile=0.5``),
+    the name its scores, subsets and trial rows carry (:attr:`instances`); a swept method has
+    no instance at its plain ``params``. Why: a method's free choice (GradSimCore's Φ,
+    Non-extreme's dropped share, CCS's β) should be set from a table of accuracy against it,
+    not by fiat.
     """
 
     methods: tuple[str, ...] = ("random", "max_gradient", "nonextreme_max_gradient", "gradient_cdf", "gradsimcore")
@@ -224,6 +256,7 @@ class ScoreConfig:
     norm: str = "l2_last"
     budget: Budget = "default"
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sweep: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         from coreset.gradients.last_layer import NORMS
@@ -235,6 +268,7 @@ class ScoreConfig:
             raise ConfigError(f"score.methods must name at least one method; allowed: {', '.join(METHODS.names())}")
         for m in self.methods:
             choice("score.methods", m, METHODS.names())
+        self._check_sweep()
         if not self.fractions or not self.seeds:
             raise ConfigError("score.fractions and score.seeds must each list at least one value")
         for f in self.fractions:
@@ -248,13 +282,65 @@ class ScoreConfig:
             choice("score.params", name, METHODS.names())
             self.method_params(name)
 
+    def _check_sweep(self) -> None:
+        from coreset.methods import METHODS, params_fields
+
+        for name, values in self.sweep.items():
+            key = f"score.sweep.{name}"
+            if name not in self.methods:
+                raise ConfigError(f"{key}: {name!r} is not one of score.methods ({', '.join(self.methods)})")
+            settings = values if _is_list(values) else [values]
+            if not settings or not all(isinstance(v, Mapping) and v for v in settings):
+                raise ConfigError(f"{key} must map parameter names to lists of values, or list settings "
+                                  f"(mappings of parameter names to values)")
+            for param in {p for v in settings for p in v}:
+                choice(key, param, params_fields(METHODS.get(name)) or ("(none)",))
+            for param, listed in ({} if _is_list(values) else values).items():
+                if not _is_list(listed) or not listed:
+                    raise ConfigError(f"{key}.{param} must be a non-empty list of values, got {listed!r}")
+            names = [instance_name(name, s) for s in self._swept(name)]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{key} lists a setting twice: {', '.join(n for n in names if names.count(n) > 1)}")
+        for instance in self.instances:
+            self.method_params(instance)
+
+    def _swept(self, name: str) -> list[dict[str, Any]]:
+        """``name``'s swept settings in the config's order: the settings listed, or every
+        combination of the values listed per parameter."""
+        swept = self.sweep.get(name) or {}
+        if _is_list(swept):
+            return [dict(s) for s in swept]
+        return [dict(zip(swept, combo, strict=True)) for combo in itertools.product(*swept.values())]
+
+    @property
+    def instances(self) -> tuple[str, ...]:
+        """The method instances the study scores, in ``methods`` order: a method's own name, or
+        for a swept one a name per combination of its swept values (see the class docstring)."""
+        return tuple(instance_name(name, setting) if setting else name
+                     for name in self.methods for setting in (self._swept(name) or [{}]))
+
+    def instance_setting(self, instance: str) -> dict[str, Any]:
+        """The swept values of ``instance`` (``{}`` for a method that is not swept)."""
+        name = method_of(instance)
+        for setting in self._swept(name):
+            if instance == instance_name(name, setting):
+                return setting
+        if instance == name and name in self.methods and name not in self.sweep:
+            return {}
+        raise ConfigError(f"{instance!r} is not a method instance of this study; it scores {', '.join(self.instances)}")
+
     def method_params(self, name: str) -> Any:
-        """Method ``name``'s declared parameters: its defaults updated by ``params[name]``, validated."""
+        """Method (instance) ``name``'s declared parameters: the method's defaults updated by
+        ``params[<method>]`` and, for a swept instance, by its swept values; validated."""
         from coreset.methods import METHODS
 
-        cls = METHODS.get(name).Params
-        prefix = f"score.params.{name}."
-        params = build(cls, self.params.get(name) or {}, prefix=prefix)
+        method = method_of(name)
+        raw = dict(self.params.get(method) or {})
+        prefix = f"score.params.{method}."
+        if name != method:
+            raw.update(self.instance_setting(name))
+            prefix = f"score.sweep.{method}."
+        params = build(METHODS.get(method).Params, raw, prefix=prefix)
         params.validate(prefix)
         return params
 
@@ -271,7 +357,8 @@ class ScoreConfig:
 class RetrainConfig:
     """Retraining trials: one per method x fraction x seed x target model, from random init.
 
-    Empty ``methods``/``fractions``/``seeds`` take the score section's; empty
+    Empty ``methods``/``fractions``/``seeds`` take the score section's (a swept method named
+    in ``methods`` retrains every one of its instances, an instance name only that one); empty
     ``target_models`` the source model. Training length is a policy: ``epochs`` (a fixed
     number of passes over the subset, as DeepCore does) or ``steps`` (a fixed number of
     optimiser steps whatever the subset size, evaluated at ``evaluations`` evenly spaced
@@ -319,7 +406,7 @@ class RetrainConfig:
             choice("retrain.target_models", m, tuple(MODELS.names()))
         check_literals(self, "retrain.")
         for m in self.methods:
-            choice("retrain.methods", m, METHODS.names())
+            choice("retrain.methods", method_of(m), METHODS.names())
         for f in self.fractions:
             in_range("retrain.fractions", f, 0.0, 1.0)
         for sd in self.seeds:
@@ -351,7 +438,7 @@ class StudyConfig:
             raise ConfigError(f"name must be a non-empty string without '/', got {self.name!r}")
         at_least("seed", self.seed, 0)
         for m in self.retrain.methods:
-            if m not in self.score.methods:
+            if m not in self.score.methods and m not in self.score.instances:
                 raise ConfigError(f"retrain.methods names {m!r}, which score.methods does not score")
         if self.retrain.policy == "early_stopping" and self.data.val_fraction == 0:
             raise ConfigError("retrain.policy early_stopping measures the validation split, and data.val_fraction "
@@ -369,8 +456,8 @@ class StudyConfig:
 
         context = Context(final_epoch=0, factor_epochs=self.gradients.factor_epochs, norm=self.score.norm,
                           seed=self.seed, fractions=self.score.fractions, lr=self.train.lr)
-        for name in self.score.methods:
-            METHODS.get(name).from_study(self.score.method_params(name), context)
+        for name in self.score.instances:
+            METHODS.get(method_of(name)).from_study(self.score.method_params(name), context)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

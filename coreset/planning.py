@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from coreset import layout, placement
-from coreset.config import StudyConfig
+from coreset.config import StudyConfig, method_of
 from coreset.data import Datasets, train_val_split
 from coreset.errors import StageError
 from coreset.placement import Placement
@@ -178,14 +178,14 @@ def _score(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[st
         final, _ = _final_and_epochs(cfg, root)
         shards = _shards(cfg, counts)
         table = {"shard_labels": gradients.shard_labels(shards, counts.train)}
-        methods = [(name, score.build_method(cfg, name, final), False) for name in cfg.score.methods]
+        methods = [(name, score.build_method(cfg, name, final), False) for name in cfg.score.instances]
     units = score.class_units(table)
     classes = counts.train.nunique()
     driver = placement.score_driver(resources)
     start = rates.seconds("score.start", driver, 1)
     rows = []
     for name, method, done in methods:
-        key = f"score.{name}"
+        key = f"score.{method_of(name)}"  # a method's instances share its rate
         if method.inputs().by_class:
             unit = placement.score_unit(resources)
             each = rates.seconds(key, unit, classes / len(units))

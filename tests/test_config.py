@@ -49,6 +49,18 @@ def test_overrides_are_typed() -> None:
     ("score.params.gradsim.threshold=0.5", "score.params='gradsim' is not allowed"),
     ("gradients.factor_epochs=[]", "gradsimcore needs gradients.factor_epochs"),
     ("retrain.policy=forever", "retrain.policy='forever' is not allowed; allowed: epochs, steps, early_stopping"),
+    ("score.sweep={herding: {x: [1]}}", "score.sweep.herding: 'herding' is not one of score.methods"),
+    ("score.sweep={gradsimcore: {phi: [0.5]}}", "score.sweep.gradsimcore='phi' is not allowed; allowed: threshold,"),
+    ("score.sweep={gradsimcore: {threshold_quantile: []}}", "score.sweep.gradsimcore.threshold_quantile must be a "
+                                                            "non-empty list"),
+    ("score.sweep={gradsimcore: {threshold_quantile: [0.5, 0.50]}}", "score.sweep.gradsimcore lists a setting twice: "
+                                                                     "gradsimcore@threshold_quantile=0.5"),
+    ("score.sweep={gradsimcore: [{threshold: 0.2}, {phi: 1}]}", "score.sweep.gradsimcore='phi' is not allowed"),
+    ("score.sweep={gradsimcore: [{threshold: 0.2}, 0.5]}", "score.sweep.gradsimcore must map parameter names"),
+    ("score.sweep={gradsimcore: {threshold_quantile: [0.5, 1.5]}}", "score.sweep.gradsimcore.threshold_quantile "
+                                                                    "must lie in [0.0, 1.0], got 1.5"),
+    ("score.sweep={gradsimcore: [0.5]}", "score.sweep.gradsimcore must map parameter names to lists of values"),
+    ("retrain.methods=[gradsimcore@threshold_quantile=0.5]", "retrain.methods names 'gradsimcore@threshold_quantile"),
 ])
 def test_bad_values_fail_at_load(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -105,3 +117,30 @@ def test_literal_fields_are_checked_also_when_built_in_code() -> None:
     bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, schedule="linear"))
     with pytest.raises(ConfigError, match="train.schedule='linear' is not allowed"):
         bad.validate()
+
+
+def test_a_sweep_names_one_instance_per_value_and_retrains_each() -> None:
+    """Issue 14: ``score.sweep`` makes one method instance per combination of values; the
+    retraining grid takes each, and a method named in ``retrain.methods`` takes all of its."""
+    from coreset.stages.retrain import trial_grid
+
+    sweep = "score.sweep={gradsimcore: {threshold_quantile: [0.5, 0.99], threshold: [null, 0.2]}}"
+    cfg = load_config(REPO / "jobs/configs/mnist.yaml", [sweep, "score.params.gradsimcore.backend=gram"])
+    swept = [i for i in cfg.score.instances if i.startswith("gradsimcore")]
+    assert swept == ["gradsimcore@threshold_quantile=0.5,threshold=None",
+                     "gradsimcore@threshold_quantile=0.5,threshold=0.2",
+                     "gradsimcore@threshold_quantile=0.99,threshold=None",
+                     "gradsimcore@threshold_quantile=0.99,threshold=0.2"]
+    p = cfg.score.method_params(swept[1])
+    assert (p.threshold_quantile, p.threshold, p.backend) == (0.5, 0.2, "gram")  # params stay under the sweep
+    assert cfg.score.instance_setting("max_gradient") == {}
+    with pytest.raises(ConfigError, match="not a method instance of this study"):
+        cfg.score.instance_setting("gradsimcore")
+    only = load_config(REPO / "jobs/configs/mnist.yaml", [sweep, "retrain.methods=[random, gradsimcore]"])
+    assert {t.method for t in trial_grid(only)} == {"random", "full", *swept}
+    listed = load_config(REPO / "jobs/configs/mnist.yaml",
+                         ["score.sweep={gradsimcore: [{threshold_quantile: 0.9}, {threshold: 0.5}]}"])
+    assert listed.score.instances[-2:] == ("gradsimcore@threshold_quantile=0.9", "gradsimcore@threshold=0.5")
+    assert listed.score.method_params("gradsimcore@threshold=0.5").threshold == 0.5
+    one = load_config(REPO / "jobs/configs/mnist.yaml", [sweep, f"retrain.methods=['{swept[2]}']"])  # quoted: a comma
+    assert {t.method for t in trial_grid(one)} == {swept[2], "full"}

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from coreset import layout
-from coreset.config import StudyConfig
+from coreset.config import StudyConfig, method_of, setting_text
 from coreset.errors import StageError
 from coreset.figures.accuracy import summarise
 from coreset.reporting import published
@@ -138,13 +138,16 @@ def accuracy_tables(cfg: StudyConfig, root: StudyRoot) -> list[Table]:
     summary = summarise(accuracy)
     if summary.empty:
         return []
-    cells = summary.assign(cell=[f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(summary["mean"], summary["std"],
-                                                                                   strict=True)])
-    grid = cells.pivot(index=["target_model", "method"], columns="fraction", values="cell").fillna("")
+    grid = _cells(summary).pivot(index=["target_model", "method"], columns="fraction", values="cell").fillna("")
     grid.columns = [f"{f:g}" for f in grid.columns]
+    grid = grid.reset_index()
+    grid = _ordered(grid, ["full", "random", *cfg.score.instances])
+    early = (accuracy.get("policy") == "early_stopping").all()
+    which = "the best-validation checkpoint's" if early else "the final"
     tables = [Table(RETRAIN, "Test accuracy (%) by method and fraction",
-                    "Mean ± std over seeds of the final test accuracy; method full trains on the whole train split.",
-                    grid.reset_index(), "accuracy.csv")]
+                    f"Mean ± std over seeds of {which} test accuracy; method full trains on the whole train split.",
+                    grid, "accuracy.csv")]
+    tables += sweep_tables(cfg, root, summary)
     classes = int(read_table(root, layout.SPLIT, "split")["label"].nunique()) if root.exists(layout.SPLIT) else 0
     source = str(accuracy["source_model"].iloc[0])
     comparison, note = published.compare(summary, cfg.data.name, classes, source)
@@ -153,6 +156,62 @@ def accuracy_tables(cfg: StudyConfig, root: StudyRoot) -> list[Table]:
     tables.append(Table(RETRAIN, "Against the GradSimCore paper (Tables 2-6)", note, comparison,
                         "published_comparison.csv" if len(comparison) else None))
     return tables
+
+
+def _cells(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary.assign(cell=[f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(summary["mean"], summary["std"],
+                                                                                  strict=True)])
+
+
+def _ordered(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Rows by target model, then ``method`` in ``order`` (the reference rows first, then the
+    config's instances), any other method last."""
+    rank = {m: i for i, m in enumerate(dict.fromkeys(order))}
+    return frame.sort_values(["target_model", "method"], kind="stable",
+                             key=lambda c: c.map(lambda m: rank.get(m, len(rank))) if c.name == "method" else c
+                             ).reset_index(drop=True)
+
+
+def sweep_tables(cfg: StudyConfig, root: StudyRoot, summary: pd.DataFrame) -> list[Table]:
+    """For each swept method, accuracy against its setting: a row per instance (its swept
+    values in columns) in the config's order, a column per fraction, Random's row for
+    reference and, last, the setting of the highest mean at each fraction; published as
+    ``sweep_<method>.csv``."""
+    tables = []
+    for method, swept in cfg.score.sweep.items():
+        instances = [i for i in cfg.score.instances if method_of(i) == method]
+        order = [*instances, "random"]
+        rows = summary[summary.method.isin(order)]
+        if not rows.method.isin(instances).any():
+            continue
+        frame = _cells(rows).pivot(index=["target_model", "method"], columns="fraction", values="cell").fillna("")
+        frame.columns = [f"{f:g}" for f in frame.columns]
+        fractions = list(frame.columns)
+        frame = frame.reset_index()
+        frame = _ordered(frame, order)
+        settings = [cfg.score.instance_setting(m) if m != "random" else {} for m in frame.method]
+        for p in swept:
+            frame[p] = [setting_text(s[p]) if p in s else "" for s in settings]
+        frame["method"] = [m if m == "random" else method for m in frame.method]
+        frame = pd.concat([frame[["target_model", "method", *swept, *fractions]], _best_settings(rows, instances)],
+                          ignore_index=True).fillna("")
+        name = f"sweep_{method}"
+        _publish_csv(root, name, frame)
+        tables.append(Table(RETRAIN, f"{method}: test accuracy (%) against {', '.join(swept)}",
+                            "Mean ± std over seeds, a row per swept setting and Random's for reference; the last "
+                            "row names the setting of the highest mean at each fraction.", frame, f"{name}.csv"))
+    return tables
+
+
+def _best_settings(summary: pd.DataFrame, instances: list[str]) -> pd.DataFrame:
+    """A row per target model naming, at each fraction, the swept setting of the highest mean."""
+    rows = []
+    for target, group in summary[summary.method.isin(instances)].groupby("target_model"):
+        best = group.loc[group.groupby("fraction")["mean"].idxmax()]
+        row = {"target_model": target, "method": "best setting"}
+        row.update({f"{f:g}": m.partition("@")[2] for f, m in zip(best.fraction, best.method, strict=True)})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def write_report(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = None,

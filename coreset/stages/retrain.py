@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from coreset import layout
-from coreset.config import StudyConfig
+from coreset.config import StudyConfig, method_of
 from coreset.data import Batches, Datasets, split_ids
 from coreset.devices import pick_device
 from coreset.errors import StageError
@@ -65,7 +65,8 @@ def settings_key(cfg: StudyConfig) -> str:
 
 def trial_grid(cfg: StudyConfig) -> list[Trial]:
     r = cfg.retrain
-    methods = r.methods or cfg.score.methods
+    instances = cfg.score.instances
+    methods = [i for m in r.methods for i in instances if i == m or method_of(i) == m] if r.methods else instances
     fractions = r.fractions or cfg.score.fractions
     seeds = r.seeds or cfg.score.seeds
     targets = r.target_models or (cfg.model.name,)
@@ -310,6 +311,7 @@ def format_summary(accuracy: pd.DataFrame) -> str:
         cell = rows.apply(lambda r: f"{100 * r.test_acc_mean:.2f} ± {100 * (r.test_acc_std if r.seeds > 1 else 0):.2f}",
                           axis=1)
         grid = rows.assign(cell=cell).pivot(index="method", columns="fraction", values="cell").fillna("")
+        grid = grid.reindex(sorted(grid.index, key=lambda m: (m != "full", m != "random", m)))  # references first
         grid.index.name = None  # one header line: the fractions
         early = "policy" in accuracy and (accuracy.policy[accuracy.target_model == target] == "early_stopping").all()
         at = " at the best-validation checkpoint" if early else ""

@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 
 from coreset import layout
 from coreset.analysis import label_entropy_curve
-from coreset.config import StudyConfig
+from coreset.config import StudyConfig, method_of
 from coreset.errors import StageError
 from coreset.methods import METHODS, Context, Inputs, SelectionMethod
 from coreset.placement import Placement
@@ -72,14 +72,15 @@ def context(cfg: StudyConfig, final_epoch: int) -> Context:
 
 
 def build_method(cfg: StudyConfig, name: str, final_epoch: int) -> SelectionMethod:
-    """Method ``name`` as the study configures it (its ``score.params`` and the study context)."""
-    return METHODS.get(name).from_study(cfg.score.method_params(name), context(cfg, final_epoch))
+    """Method instance ``name`` as the study configures it (its ``score.params``, its swept
+    values, and the study context)."""
+    return METHODS.get(method_of(name)).from_study(cfg.score.method_params(name), context(cfg, final_epoch))
 
 
 def configured_inputs(cfg: StudyConfig, final_epoch: int) -> dict[str, Inputs]:
     """What each configured method reads, by name: the gradient stage writes the tables beside
     the gradient table that some of them read (validation factors, DeepFool's perturbations)."""
-    return {name: build_method(cfg, name, final_epoch).inputs() for name in cfg.score.methods}
+    return {name: build_method(cfg, name, final_epoch).inputs() for name in cfg.score.instances}
 
 
 def perturbation_settings(inputs: dict[str, Inputs]) -> list[tuple[tuple[str, Any], ...]]:
@@ -104,7 +105,7 @@ def plan(cfg: StudyConfig, root: StudyRoot) -> ScorePlan:
     final = int(table["final_epoch"])
     recorded = recorded_settings(root)
     work = []
-    for name in cfg.score.methods:
+    for name in cfg.score.instances:
         method = build_method(cfg, name, final)
         settings = method_settings(cfg, method)
         done = recorded.get(name) == settings and root.exists(layout.scores(name)) and root.exists(layout.subsets(name))
@@ -224,24 +225,28 @@ def merge_units(parts: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]
     return scores, analysis
 
 
-def subsets_frame(method: SelectionMethod, scores: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
-    """``method, fraction, seed, sample_id`` for every configured fraction and seed."""
+def subsets_frame(work: MethodWork, scores: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """``method, fraction, seed, sample_id`` for every configured fraction and seed (``method``
+    is the instance's name)."""
     budget = None if cfg.score.budget == "default" else cfg.score.budget
     parts = []
     for fraction in cfg.score.fractions:
         for seed in cfg.score.seeds:
-            ids = method.select(scores, fraction, seed, budget)
-            parts.append(pd.DataFrame({"method": method.name, "fraction": fraction, "seed": seed, "sample_id": ids}))
+            ids = work.method.select(scores, fraction, seed, budget)
+            parts.append(pd.DataFrame({"method": work.name, "fraction": fraction, "seed": seed, "sample_id": ids}))
     return pd.concat(parts, ignore_index=True)
 
 
 def write_method(cfg: StudyConfig, root: StudyRoot, work: MethodWork, scores: pd.DataFrame,
                  analysis: dict[str, pd.DataFrame]) -> None:
-    """Publish one method's analysis tables, scores and subsets, then record its settings."""
+    """Publish one method's analysis tables, scores and subsets, then record its settings. A
+    swept instance's side tables carry its setting in their name
+    (``analysis/gradsim_thresholds@threshold_quantile=0.5.parquet``)."""
+    setting = work.name.partition("@")[2]
     for kind, table in analysis.items():
-        write_table(root, layout.analysis(kind), table, kind)
+        write_table(root, layout.analysis(f"{kind}@{setting}" if setting else kind), table, kind)
     write_table(root, layout.scores(work.name), with_method(scores, work.name), "scores")
-    write_table(root, layout.subsets(work.name), subsets_frame(work.method, scores, cfg), "subsets")
+    write_table(root, layout.subsets(work.name), subsets_frame(work, scores, cfg), "subsets")
     recorded = recorded_settings(root)
     recorded[work.name] = work.settings
     root.write_bytes(layout.SCORES_MANIFEST, json.dumps(recorded, indent=2).encode())
@@ -249,10 +254,13 @@ def write_method(cfg: StudyConfig, root: StudyRoot, work: MethodWork, scores: pd
 
 def write_label_entropy(cfg: StudyConfig, root: StudyRoot, score_plan: ScorePlan) -> None:
     """Label entropy of each ranking's top-k at each fraction (the paper's Figure 7); one curve
-    per ranking, so methods that order samples alike (the magnitude methods) share one."""
+    per ranking, so methods that order samples alike (the magnitude methods) share one; a swept
+    instance whose scores are its own ranking is named as the instance."""
     curves, seen = [], set()
     for work in score_plan.methods:
         ranking = work.method.ranking
+        if ranking is not None and ranking == method_of(work.name):
+            ranking = work.name
         if ranking is None or ranking in seen:
             continue
         seen.add(ranking)
@@ -279,7 +287,9 @@ def subset_sizes(cfg: StudyConfig, root: StudyRoot) -> dict[str, dict[float, int
 
 def measured_rates(work: MethodWork, scores: pd.DataFrame, seconds: float, unit: Placement) -> dict[str, Rate]:
     """A method's rate from the ``scores`` it produced in ``seconds``: per class for one scored
-    by class (its tasks' summed time over the classes scored), else per row of the table."""
+    by class (its tasks' summed time over the classes scored), else per row of the table. Rates
+    are the method's, whichever of its swept instances measured them."""
+    key = f"score.{method_of(work.name)}"
     if work.method.inputs().by_class:
-        return {f"score.{work.name}": rate(seconds, scores.label.nunique(), "class", unit.device, unit.threads)}
-    return {f"score.{work.name}": rate(seconds, len(scores), "row", unit.device, unit.threads)}
+        return {key: rate(seconds, scores.label.nunique(), "class", unit.device, unit.threads)}
+    return {key: rate(seconds, len(scores), "row", unit.device, unit.threads)}

@@ -308,3 +308,30 @@ def test_file_backed_sets_decode_only_the_images_shown(shared_data: Path, tmp_pa
     missing = Sources(synthetic_study("gone", "data.name=imagefolder", f"data.root={tmp_path / 'nowhere'}"),
                       StudyRoot(str(tmp_path / "study")))
     assert missing.images(np.array([0])).startswith("images not shown: ")
+
+
+def test_sweep_table_has_a_row_per_setting_and_names_the_best(tmp_path: Path) -> None:
+    """Issue 14: accuracy against a swept setting, a row per instance in the config's order,
+    Random's for reference, the best setting per fraction; the accuracy table starts with the
+    full-data row."""
+    cfg = _cfg("score.methods=[random, gradsimcore]", "score.sweep={gradsimcore: {threshold_quantile: [0.99, 0.5]}}")
+    acc = {("gradsimcore@threshold_quantile=0.99", 0.05): (0.30, 0.34), ("gradsimcore@threshold_quantile=0.5", 0.05):
+           (0.50, 0.52), ("gradsimcore@threshold_quantile=0.99", 0.2): (0.80, 0.82),
+           ("gradsimcore@threshold_quantile=0.5", 0.2): (0.70, 0.70), ("random", 0.05): (0.4, 0.4),
+           ("random", 0.2): (0.75, 0.77), ("full", 1.0): (0.9, 0.92)}
+    rows = [{"method": m, "fraction": f, "seed": s, "source_model": "mlp", "target_model": "mlp", "n_train": 10,
+             "test_acc": a, "best_test_acc": a, "final_test_acc": a, "val_acc": float("nan"), "best_step": 6,
+             "epochs": 1.0, "steps": 6, "policy": "steps", "wall_s": 1.0, "config": "{}"}
+            for (m, f), accs in acc.items() for s, a in enumerate(accs)]
+    root = StudyRoot(str(tmp_path / "study"))
+    write_table(root, layout.ACCURACY, pd.DataFrame(rows), "accuracy")
+    main, sweep, _ = report.accuracy_tables(cfg, root)
+    assert main.frame.method.tolist() == ["full", "random", "gradsimcore@threshold_quantile=0.99",
+                                          "gradsimcore@threshold_quantile=0.5"]
+    frame = sweep.frame
+    assert frame.method.tolist() == ["gradsimcore", "gradsimcore", "random", "best setting"]
+    assert frame.threshold_quantile.tolist() == ["0.99", "0.5", "", ""]
+    assert frame["0.05"].tolist()[:3] == ["32.00 ± 2.83", "51.00 ± 1.41", "40.00 ± 0.00"]
+    assert frame.iloc[-1][["0.05", "0.2"]].tolist() == ["threshold_quantile=0.5", "threshold_quantile=0.99"]
+    published = pd.read_csv(tmp_path / "study" / "report" / "sweep_gradsimcore.csv")
+    assert len(published) == 4
