@@ -168,7 +168,7 @@ def subset_diagnostics(diagnostics: pd.DataFrame, path: str | Path, reference: s
                    **style[method])
     cosine.axhline(0.0, color="black", ls="--", lw=1.5, label=reference)
     cosine.set_ylabel(f"within-class gradient cosine − {reference}'s")
-    cosine.set_title("Alike (> 0) or diverse (< 0) against random")
+    cosine.set_title(f"Alike (> 0) or diverse (< 0) against {reference}")
     share.set_ylabel("images with a near-duplicate (%)")
     share.set_title("Near-duplicates within subset and class")
     for ax in (cosine, share):

@@ -112,11 +112,15 @@ def labelled_subsets(root: StudyRoot) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def unit_work(subsets: pd.DataFrame, table: dict[str, Any]) -> list[tuple[list[int], pd.DataFrame]]:
-    """Each class unit's shards with the subset rows of its classes; units no subset reaches are left out."""
-    work = []
+    """Each class unit's shards with the subset rows of its classes; units no subset reaches are
+    left out. Shards hold classes in label order, so a unit holds the labels above the previous
+    unit's highest up to its own; the manifest's first entry per shard is the label of the shard's
+    first sample id, which is not its lowest label when a shard holds several classes."""
+    work, below = [], -np.inf
     for shards in class_units(table):
-        lowest, highest = table["shard_labels"][shards[0]][0], table["shard_labels"][shards[-1]][1]
-        rows = subsets[subsets["label"].between(lowest, highest)]
+        highest = table["shard_labels"][shards[-1]][1]
+        rows = subsets[(subsets["label"] > below) & (subsets["label"] <= highest)]
+        below = highest
         if len(rows):
             work.append((shards, rows.reset_index(drop=True)))
     return work
@@ -133,6 +137,9 @@ def diagnose(factors: pd.DataFrame, subsets: pd.DataFrame, threshold: float = NE
              max_compared: int = MAX_COMPARED) -> pd.DataFrame:
     """``COLUMNS`` for each subset (``subsets``: method, fraction, seed, sample_id, label) and each
     class of ``factors`` (sample_id, label, err, emb at one checkpoint) that it holds images of."""
+    lost = np.setdiff1d(subsets["label"].unique(), factors["label"].unique())
+    if lost.size:
+        raise ValueError(f"subset images of classes {lost[:5].tolist()} have no gradient rows here")
     rows: list[tuple] = []
     for label, group in factors.groupby("label", sort=True):
         members = subsets[subsets["label"] == label]
