@@ -100,6 +100,10 @@ def analysis(kind: str) -> str:
     return f"{ANALYSIS}/{kind}.parquet"
 
 
+# What ``analysis/subset_diagnostics.parquet`` was computed from (the subsets' recorded settings).
+SUBSET_DIAGNOSTICS_MANIFEST = f"{ANALYSIS}/_subset_diagnostics.json"
+
+
 RETRAIN = "retrain"
 ACCURACY = "accuracy.parquet"
 # The id of each trial grid's Tune run (whose state lives beside the driver, not here).

@@ -42,6 +42,11 @@ SCHEMAS: Mapping[str, Mapping[str, pa.DataType]] = {
     # From the prefix of length position + 1 of its class's CRAIG order on, sample_id's nearest chosen image is medoid.
     "craig_assignments": {"label": pa.int64(), "sample_id": pa.int64(), "position": pa.int64(), "medoid": pa.int64()},
     "gradsim_thresholds": {"epoch": pa.int64(), "label": pa.int64(), "threshold": pa.float64(), "n": pa.int64()},
+    # Per subset and class: its images; over the compared ones (all, or a sample of MAX_COMPARED) the mean pairwise
+    # last-layer gradient cosine (NaN below 2) and how many have another at cosine >= the near-duplicate threshold.
+    "subset_diagnostics": {"method": pa.string(), "fraction": pa.float64(), "seed": pa.int64(), "label": pa.int64(),
+                           "images": pa.int64(), "compared": pa.int64(), "mean_cosine": pa.float64(),
+                           "near_duplicates": pa.int64()},
     "label_entropy": {"method": pa.string(), "k": pa.int64(), "fraction": pa.float64(), "entropy": pa.float64(),
                       "baseline_entropy": pa.float64()},
     "accuracy": {"method": pa.string(), "fraction": pa.float64(), "seed": pa.int64(), "source_model": pa.string(),

@@ -8,6 +8,7 @@ from pathlib import Path
 import ray
 
 from coreset.config import StudyConfig, load_config
+from coreset.stages import subset_diagnostics as diagnostics
 from coreset.storage import StudyRoot
 
 BASE = ["data.name=synthetic", "model.name=mnist_cnn", "train.lr=0.05", "train.batch_size=32", "train.probe_size=8"]
@@ -35,3 +36,12 @@ def ray_copy(src: Path, dst: Path) -> Iterator[StudyRoot]:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield root
     ray.shutdown()
+
+
+def diagnose_in_process(root: StudyRoot, table: dict) -> None:
+    """The score stage's subset-diagnostics pass without Ray: every class unit in turn."""
+    work = diagnostics.plan(root, table)
+    subsets, labels = diagnostics.labelled_subsets(root)
+    units = diagnostics.unit_work(subsets, table)
+    parts = [diagnostics.diagnose_unit(root, table, shards, rows) for shards, rows in units]
+    diagnostics.write(root, work, diagnostics.merge(parts, subsets, labels))

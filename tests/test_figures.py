@@ -19,6 +19,7 @@ from coreset.figures import (
     label_entropy,
     percentile_rows,
     subset_composition,
+    subset_diagnostics,
     thresholds,
     topk_overlap,
     trajectory_heatmap,
@@ -242,6 +243,35 @@ def test_subset_composition_counts_images_per_class(tmp_path: Path, rng) -> None
         subset_composition(subsets, split.iloc[:100], tmp_path / "x.png")
     with pytest.raises(ValueError, match="class_names"):
         subset_composition(subsets, split, tmp_path / "x.png", class_names=names[:5])
+
+
+def diagnostics_table() -> pd.DataFrame:
+    """Two classes; compared images c give c(c-1)/2 pairs, which weigh each class's mean cosine."""
+    rows = [("random", 0.1, 0, 0, 3, 0.2, 0), ("random", 0.1, 0, 1, 2, 0.6, 0),
+            ("random", 0.1, 1, 0, 2, 0.1, 1), ("random", 0.1, 1, 1, 1, np.nan, 0),
+            ("max_gradient", 0.1, 0, 0, 4, 0.5, 2), ("max_gradient", 0.1, 0, 1, 0, np.nan, 0),
+            ("random", 0.2, 0, 0, 5, 0.25, 0), ("max_gradient", 0.2, 0, 0, 5, 0.15, 1)]
+    table = pd.DataFrame(rows, columns=["method", "fraction", "seed", "label", "compared", "mean_cosine",
+                                        "near_duplicates"])
+    return table.assign(images=table["compared"])
+
+
+def test_subset_diagnostics_against_random_at_each_fraction(tmp_path: Path) -> None:
+    out = subset_diagnostics(diagnostics_table(), tmp_path / "diagnostics.png")
+    assert_png(out.path)
+    got = out.data.set_index(["method", "fraction"])
+    # random at 0.1: seed 0 (3·0.2 + 1·0.6) / 4 = 0.3, seed 1 0.1 (one class with a pair): 0.2 over seeds
+    assert got.loc[("random", 0.1), "mean_cosine"] == pytest.approx(0.2)
+    assert got.loc[("random", 0.1), "near_duplicate_share"] == pytest.approx((0 + 1 / 3) / 2)
+    assert got.loc[("max_gradient", 0.1), "cosine_minus_reference"] == pytest.approx(0.5 - 0.2)
+    assert got.loc[("max_gradient", 0.1), "near_duplicate_share"] == pytest.approx(2 / 4)
+    assert got.loc[("max_gradient", 0.2), "cosine_minus_reference"] == pytest.approx(-0.1)
+    assert got.loc[("random", 0.2), "cosine_minus_reference"] == 0.0
+    no_random = diagnostics_table().query("method != 'random'")
+    with pytest.raises(ValueError, match="needs the 'random' subsets"):
+        subset_diagnostics(no_random, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="nothing to plot"):
+        subset_diagnostics(no_random.iloc[:0], tmp_path / "x.png")
 
 
 # ---- images ------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ similarity counts) are spread over Ray tasks, one unit of whole-class shards eac
 when the cluster has them), each reading its own files once; the others score in the driver
 from the one or two columns they declare. Each method's
 scores and subsets are published whole; the resume plan (:func:`coreset.stages.score.plan`)
-skips methods already written with the same settings.
+skips methods already written with the same settings. After the subsets, the subset diagnostics
+(:mod:`coreset.stages.subset_diagnostics`) run one task per class unit too, when the subsets changed
+since they were last computed.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from coreset.config import StudyConfig, config_from_dict
 from coreset.methods import SelectionMethod
 from coreset.progress import Progress
 from coreset.rates import rate, record_rates
+from coreset.stages import subset_diagnostics
 from coreset.stages.score import (
     MethodWork,
     ScorePlan,
@@ -44,6 +47,7 @@ class ScoreSummary:
     computed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     subset_sizes: dict[str, dict[float, int]] = field(default_factory=dict)
+    diagnostics: str = ""  # computed, up to date, or why skipped
     wall_s: float = 0.0
 
 
@@ -81,6 +85,7 @@ def run_score(cfg: StudyConfig, root: StudyRoot, resources: dict[str, float],
     if summary.computed or not root.exists(layout.analysis("label_entropy")):
         write_label_entropy(cfg, root, score_plan)
     summary.subset_sizes = subset_sizes(cfg, root)
+    summary.diagnostics = _write_diagnostics(root, resources, score_plan.table)
     summary.wall_s = time.perf_counter() - start
     if rates:
         unit = placement.score_driver(resources)
@@ -112,3 +117,34 @@ def _score_by_class(cfg: StudyConfig, root: StudyRoot, unit: placement.Placement
         seconds += took
         progress.step()
     return *merge_units(parts), seconds
+
+
+def _diagnostics_task(root_uri: str, table: dict, shards: list[int], subsets: pd.DataFrame) -> pd.DataFrame:
+    """The subset diagnostics of one class unit, in a Ray task."""
+    return subset_diagnostics.diagnose_unit(StudyRoot(root_uri), table, shards, subsets)
+
+
+def _write_diagnostics(root: StudyRoot, resources: dict[str, float], table: dict) -> str:
+    """``analysis/subset_diagnostics.parquet`` when the subsets changed since it was written, one
+    task per class unit reached by a subset; skipped, with a logged note, when the gradient table
+    lacks the final checkpoint's factors. Returns what happened, for the summary."""
+    work = subset_diagnostics.plan(root, table)
+    if work.skip:
+        log.info("score: subset diagnostics skipped: %s", work.skip)
+        return f"skipped: {work.skip}"
+    if work.done:
+        return "up to date"
+    subsets, labels = subset_diagnostics.labelled_subsets(root)
+    options = placement.score_unit(resources).ray_options()
+    task = ray.remote(max_retries=3)(_diagnostics_task).options(**options, scheduling_strategy="SPREAD")
+    table_ref = ray.put(table)
+    pending = [task.remote(root.uri, table_ref, shards, rows)
+               for shards, rows in subset_diagnostics.unit_work(subsets, table)]
+    progress = Progress("score: subset diagnostics class units", len(pending))
+    parts = []
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        parts.append(ray.get(done[0]))
+        progress.step()
+    subset_diagnostics.write(root, work, subset_diagnostics.merge(parts, subsets, labels))
+    return "computed"

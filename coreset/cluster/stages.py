@@ -46,7 +46,8 @@ def _gradients(summary: GradientsSummary, root: StudyRoot) -> str:
 def _score(summary: ScoreSummary, root: StudyRoot) -> str:
     sizes = {str(s) for s in summary.subset_sizes.values()}
     per = f"subset sizes {sizes.pop()}" if len(sizes) == 1 else f"subset sizes {summary.subset_sizes}"
-    return f"computed {summary.computed or 'nothing'}, skipped {summary.skipped or 'nothing'}; {per}"
+    return (f"computed {summary.computed or 'nothing'}, skipped {summary.skipped or 'nothing'}; {per}; "
+            f"subset diagnostics {summary.diagnostics}")
 
 
 def _retrain(accuracy: pd.DataFrame, root: StudyRoot) -> str:

@@ -1,10 +1,13 @@
-"""What the selection stage chose: GradSimCore's thresholds and each subset's classes.
+"""What the selection stage chose: GradSimCore's thresholds, each subset's classes, and how
+alike each subset's images are.
 
 GradSimCore (Eq. 5) counts class-mates whose gradient cosine exceeds Φ; this study sets Φ per
 class and checkpoint from a quantile (``coreset.similarity.threshold``), so the figure shows
 how Φ moves as training proceeds. The class composition of each method's subset is the
 per-class view of the gradient-magnitude paper's Fig. 7: GradSimCore is balanced by
-construction, Max-Gradient need not be.
+construction, Max-Gradient need not be. The subset diagnostics
+(:mod:`coreset.stages.subset_diagnostics`) say whether a subset's images of a class are more
+alike than a random subset's (redundant) and how many are near-copies of another.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from coreset.figures.canvas import Rendered, colours, finite, panels, require, save
+from coreset.figures.canvas import Rendered, colours, finite, legend, line_styles, panels, percent_axis, require, save
 
 LEGEND_CLASSES, TICK_CLASSES = 10, 20
 
@@ -114,4 +117,63 @@ def subset_composition(subsets: pd.DataFrame, split_labels: pd.DataFrame, path: 
         ax.set_yticks(np.arange(len(methods)), methods, fontsize="small")
         ax.set_title(f"fraction {fraction:g} (~{balanced * counts.shape[1]:.0f} images)")
         fig.colorbar(image, ax=ax, label="log2(images / balanced share)", shrink=0.8)
+    return save(fig, path, table)
+
+
+DIAGNOSTICS = ("method", "fraction", "seed", "label", "compared", "mean_cosine", "near_duplicates")
+
+
+def diagnostics_summary(diagnostics: pd.DataFrame, reference: str = "random") -> pd.DataFrame:
+    """Per method and fraction, means over seeds of: ``mean_cosine``, the mean last-layer
+    gradient cosine over all within-class pairs of compared images (classes weighted by their
+    pairs); ``cosine_minus_reference``, its *difference* from ``reference``'s at the same fraction
+    (a difference, not a ratio: cosines near 0 or negative make ratios meaningless; NaN where
+    the reference has no subset); and ``near_duplicate_share``, near-duplicates over compared images."""
+    require(diagnostics, DIAGNOSTICS, "subset_diagnostics")
+    pairs = diagnostics["compared"] * (diagnostics["compared"] - 1) / 2
+    rows = diagnostics.assign(pairs=pairs, weighted=(pairs * diagnostics["mean_cosine"]).where(pairs > 0, 0.0))
+    subsets = rows.groupby(["method", "fraction", "seed"])[["pairs", "weighted", "near_duplicates", "compared"]].sum()
+    per_seed = pd.DataFrame({
+        "mean_cosine": subsets["weighted"] / subsets["pairs"].where(subsets["pairs"] > 0),
+        "near_duplicate_share": subsets["near_duplicates"] / subsets["compared"].where(subsets["compared"] > 0),
+    }).reset_index()
+    out = per_seed.groupby(["method", "fraction"]).agg(
+        mean_cosine=("mean_cosine", "mean"), near_duplicate_share=("near_duplicate_share", "mean"),
+        seeds=("seed", "size")).reset_index()
+    base = out[out["method"] == reference].set_index("fraction")["mean_cosine"]
+    out["reference_cosine"] = out["fraction"].map(base)
+    out["cosine_minus_reference"] = out["mean_cosine"] - out["reference_cosine"]
+    return out
+
+
+def subset_diagnostics(diagnostics: pd.DataFrame, path: str | Path, reference: str = "random") -> Rendered:
+    """Two panels against the fraction kept (log x), a line per method: the within-class gradient
+    cosine minus ``reference``'s at the same fraction (above 0: more alike than chance, below:
+    more diverse; the reference is the dashed zero line), and the share of compared images that
+    have a near-duplicate in their subset and class. ``data`` is :func:`diagnostics_summary`.
+    """
+    table = diagnostics_summary(diagnostics, reference)
+    if len(table) and reference not in set(table["method"]):
+        raise ValueError(f"subset_diagnostics needs the {reference!r} subsets: the cosine is drawn against theirs")
+    if (pd.to_numeric(table["fraction"]) <= 0).any():
+        raise ValueError("subset_diagnostics fractions must be > 0 (the x axis is logarithmic)")
+    fig, (cosine, share) = panels(2 if len(table) else 0)
+    style = line_styles(list(table["method"].unique()))
+    for method, curve in table.groupby("method"):
+        curve = curve.sort_values("fraction")
+        if method != reference:
+            cosine.plot(curve["fraction"], curve["cosine_minus_reference"], marker="o", ms=3, label=method,
+                        **style[method])
+        share.plot(curve["fraction"], 100 * curve["near_duplicate_share"], marker="o", ms=3, label=method,
+                   **style[method])
+    cosine.axhline(0.0, color="black", ls="--", lw=1.5, label=reference)
+    cosine.set_ylabel(f"within-class gradient cosine − {reference}'s")
+    cosine.set_title(f"Alike (> 0) or diverse (< 0) against {reference}")
+    share.set_ylabel("images with a near-duplicate (%)")
+    share.set_title("Near-duplicates within subset and class")
+    for ax in (cosine, share):
+        percent_axis(ax)
+        ax.set_xlabel("subset size (share of the training set)")
+        ax.grid(True, which="both", alpha=0.3)
+    legend(fig, share, loc="upper right")
     return save(fig, path, table)

@@ -27,11 +27,13 @@ from coreset.data import Datasets, load_datasets
 from coreset.data.decode import resize_center_crop
 from coreset.errors import StageError, UserError
 from coreset.methods.base import top_k
+from coreset.stages.subset_diagnostics import NEAR_DUPLICATE_COSINE
 from coreset.storage import StudyRoot
 from coreset.tables import read_table
 
 FILE_IMAGE_SIZE = 64  # file-backed sets (ImageNet): the few images shown are decoded at this size
 PER_PERCENTILE, TOP_IMAGES, RANKED_CLASSES, PER_END = 8, 16, 4, 6
+DIAGNOSTICS_REFERENCE = "random"  # the subsets whose within-class cosine is chance level
 
 
 @dataclass
@@ -168,6 +170,14 @@ def _subset_composition(src: Sources, path: Path) -> figures.Rendered:
     return figures.subset_composition(subsets.to_pandas(), _split(src.root), path, class_names=names)
 
 
+def _subset_diagnostics(src: Sources, path: Path) -> figures.Rendered | str:
+    table = read_table(src.root, layout.analysis("subset_diagnostics"), "subset_diagnostics")
+    if DIAGNOSTICS_REFERENCE not in set(table["method"]):
+        return (f"not drawn: the within-subset cosines are drawn against {DIAGNOSTICS_REFERENCE}'s; "
+                "add it to score.methods")
+    return figures.subset_diagnostics(table, path, reference=DIAGNOSTICS_REFERENCE)
+
+
 def _gradsimcore_images(src: Sources, path: Path) -> figures.Rendered | str:
     scores = read_table(src.root, layout.scores("gradsimcore"), "scores")
     labels = np.sort(scores["label"].unique())
@@ -259,6 +269,14 @@ SPECS: tuple[FigureSpec, ...] = (
                "Bars far from the dashed balanced line show a method that over- or under-selects a class.",
                "subsets/ (jobs/score.py)",
                lambda src: _present(src.root, layout.SUBSETS, layout.SPLIT), _subset_composition),
+    FigureSpec("subset_diagnostics", SCORE, "How alike each method's subset images are, against random",
+               "issue 14's subset diagnostics (neither paper has this figure)",
+               "Left: a line above the dashed zero picks images of a class whose last-layer gradients are more alike "
+               "than a random subset's (redundant), below it more diverse; right: the share of images that have a "
+               f"near-copy (gradient cosine >= {NEAR_DUPLICATE_COSINE:g}) in their subset and class. Images per "
+               "class are in subset_composition; the table has all three per class.",
+               "analysis/subset_diagnostics.parquet (jobs/score.py; needs the final checkpoint's err and emb)",
+               lambda src: _present(src.root, layout.analysis("subset_diagnostics")), _subset_diagnostics),
     FigureSpec("gradsimcore_images", SCORE, "GradSimCore's best- and worst-ranked images",
                "GradSimCore paper, Figs. 1-8",
                "Each row is one class: the left half should look typical of the class, the right half ambiguous or "

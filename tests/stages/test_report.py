@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from matplotlib.image import imread
-from studies import synthetic_study
+from studies import diagnose_in_process, synthetic_study
 
 from coreset import layout
 from coreset.data import load_datasets, split_ids
@@ -54,6 +54,7 @@ def _score_all(cfg, root: StudyRoot) -> None:
             scores, analysis = work.method.score(score.read_inputs(root, work.method.inputs(), score_plan.table)), {}
         score.write_method(cfg, root, work, scores, analysis)
     score.write_label_entropy(cfg, root, score_plan)
+    diagnose_in_process(root, score_plan.table)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from studies import copy_root, ray_copy, synthetic_study
+from studies import copy_root, diagnose_in_process, ray_copy, synthetic_study
 
 from coreset import layout
 from coreset.cluster.score import run_score
@@ -18,8 +19,10 @@ from coreset.errors import StageError
 from coreset.methods.budget import class_budgets, global_budget
 from coreset.methods.craig import subset_weights
 from coreset.stages import gradients, score
+from coreset.stages import subset_diagnostics as diagnostics
 from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
+from coreset.tables import read_table
 
 
 def _cfg(*extra: str):
@@ -102,8 +105,60 @@ def test_every_method_fraction_seed_has_its_exact_subset(study: StudyRoot) -> No
     entropy = pd.read_parquet(study.url(f"{layout.ANALYSIS}/label_entropy.parquet"))
     assert set(entropy.method) == {"l2_last", "gradsimcore"}
 
+    assert summary.diagnostics == "computed"
+    table = read_table(study, layout.analysis("subset_diagnostics"), "subset_diagnostics")
+    assert len(table) == len(cfg.score.methods) * 3 * 2 * 4  # methods x fractions x seeds x classes
+
     again = run_score(cfg, study, dict(ray.cluster_resources()))
     assert again.computed == [] and sorted(again.skipped) == sorted(cfg.score.methods)
+    assert again.diagnostics == "up to date"
+
+
+def _write_scores(cfg, root: StudyRoot) -> None:
+    score_plan = score.plan(cfg, root)
+    for work in score_plan.todo:
+        scores = work.method.score(score.read_inputs(root, work.method.inputs(), score_plan.table))
+        score.write_method(cfg, root, work, scores, {})
+
+
+def _explicit_cosines(factors: pd.DataFrame) -> tuple[float, int]:
+    """Mean pairwise cosine and near-duplicates of the explicit gradients err ⊗ [h; 1] of ``factors``."""
+    err, emb = np.stack(factors.err).astype(np.float64), np.stack(factors.emb).astype(np.float64)
+    g = (err[:, :, None] * np.hstack([emb, np.ones((len(emb), 1))])[:, None, :]).reshape(len(err), -1)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    cos = g @ g.T
+    np.fill_diagonal(cos, np.nan)
+    return float(np.nanmean(cos)), int((np.nanmax(cos, axis=1) >= diagnostics.NEAR_DUPLICATE_COSINE).sum())
+
+
+def test_subset_diagnostics_follow_the_subsets(fresh: StudyRoot) -> None:
+    """The diagnostics over a real gradient table: a row per subset and class, images adding up to
+    the subset, cosines of the table's factors; recomputed only when a subset changed, skipped
+    when the final checkpoint has no factors."""
+    cfg = _cfg("score.methods=[random, nonextreme_max_gradient]")
+    table = score.plan(cfg, fresh).table
+    assert diagnostics.plan(fresh, table).skip == "no subsets written"
+    _write_scores(cfg, fresh)
+    assert not diagnostics.plan(fresh, table).done
+    diagnose_in_process(fresh, table)
+    assert diagnostics.plan(fresh, table).done
+    result = read_table(fresh, layout.analysis("subset_diagnostics"), "subset_diagnostics")
+    subsets = pd.read_parquet(fresh.url(layout.SUBSETS))
+    keys = ["method", "fraction", "seed"]
+    assert result.groupby(keys)["images"].sum().to_dict() == subsets.groupby(keys).size().to_dict()
+    assert len(result) == 2 * 3 * 2 * 4 and (result.compared == result.images).all()  # no class reaches the cap
+    final = pd.read_parquet(fresh.url(layout.gradient_epoch(3)), columns=["sample_id", "label", "err", "emb"])
+    one = "method == 'random' and fraction == 0.5 and seed == 1"
+    chosen = final[final.sample_id.isin(subsets.query(one).sample_id)]
+    row = result.query(f"{one} and label == 2").iloc[0]
+    mean, near = _explicit_cosines(chosen[chosen.label == 2])
+    assert row.mean_cosine == pytest.approx(mean, abs=1e-5) and row.near_duplicates == near
+    _write_scores(_cfg("score.methods=[random, nonextreme_max_gradient]",
+                       "score.params.nonextreme_max_gradient.drop_fraction=0.2"), fresh)
+    assert not diagnostics.plan(fresh, table).done  # one method's subsets were rewritten
+    shard = fresh.path(layout.gradient_shard(3, 0))
+    pq.write_table(pq.read_table(shard).drop_columns(["err", "emb"]), shard)
+    assert "no last-layer factors" in diagnostics.plan(fresh, table).skip
 
 
 def test_missing_norm_column_is_a_clear_error(fresh: StudyRoot, tmp_path: Path) -> None:
