@@ -244,8 +244,9 @@ class ScoreConfig:
     (``{gradsimcore: [{threshold_quantile: 0.9}, {threshold: 0.5}]}``: quantile and fixed Φ
     side by side). Each scoring is a method *instance* named
     ``<method>@<param>=<value>[,<param>=<value>]`` (``gradsimcore@threshold_quantile=0.5``),
-    the name its scores, subsets and trial rows carry (:attr:`instances`); a swept method has
-    no instance at its plain ``params``. Why: a method's free choice (GradSimCore's Φ,
+    the name its scores, subsets and trial rows carry (:attr:`instances`), except the setting
+    equal to the method's ``params``, which keeps the method's name (a sweep added to a finished
+    study reuses its results). Why: a method's free choice (GradSimCore's Φ,
     Non-extreme's dropped share, CCS's β) should be set from a table of accuracy against it,
     not by fiat.
     """
@@ -312,37 +313,45 @@ class ScoreConfig:
             return [dict(s) for s in swept]
         return [dict(zip(swept, combo, strict=True)) for combo in itertools.product(*swept.values())]
 
+    def _named_settings(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        """(instance name, swept setting) of each instance of method ``name``. The setting equal
+        to the method's ``params`` keeps the plain name: its results are the method's own, so a
+        sweep added to a finished study reuses them."""
+        swept = self._swept(name)
+        if not swept:
+            return [(name, {})]
+        plain = self._params(name, {}, f"score.params.{name}.")
+        return [(name if self._params(name, s, f"score.sweep.{name}.") == plain else instance_name(name, s), s)
+                for s in swept]
+
+    def _params(self, method: str, setting: Mapping[str, Any], prefix: str) -> Any:
+        from coreset.methods import METHODS
+
+        params = build(METHODS.get(method).Params, {**(self.params.get(method) or {}), **setting}, prefix=prefix)
+        params.validate(prefix)
+        return params
+
     @property
     def instances(self) -> tuple[str, ...]:
         """The method instances the study scores, in ``methods`` order: a method's own name, or
-        for a swept one a name per combination of its swept values (see the class docstring)."""
-        return tuple(instance_name(name, setting) if setting else name
-                     for name in self.methods for setting in (self._swept(name) or [{}]))
+        for a swept one a name per setting (see the class docstring)."""
+        return tuple(instance for name in self.methods for instance, _ in self._named_settings(name))
 
     def instance_setting(self, instance: str) -> dict[str, Any]:
         """The swept values of ``instance`` (``{}`` for a method that is not swept)."""
-        name = method_of(instance)
-        for setting in self._swept(name):
-            if instance == instance_name(name, setting):
-                return setting
-        if instance == name and name in self.methods and name not in self.sweep:
-            return {}
+        if method_of(instance) in self.methods:
+            for name, setting in self._named_settings(method_of(instance)):
+                if name == instance:
+                    return setting
         raise ConfigError(f"{instance!r} is not a method instance of this study; it scores {', '.join(self.instances)}")
 
     def method_params(self, name: str) -> Any:
         """Method (instance) ``name``'s declared parameters: the method's defaults updated by
         ``params[<method>]`` and, for a swept instance, by its swept values; validated."""
-        from coreset.methods import METHODS
-
         method = method_of(name)
-        raw = dict(self.params.get(method) or {})
-        prefix = f"score.params.{method}."
-        if name != method:
-            raw.update(self.instance_setting(name))
-            prefix = f"score.sweep.{method}."
-        params = build(METHODS.get(method).Params, raw, prefix=prefix)
-        params.validate(prefix)
-        return params
+        if name == method:
+            return self._params(method, {}, f"score.params.{method}.")
+        return self._params(method, self.instance_setting(name), f"score.sweep.{method}.")
 
     @staticmethod
     def unknown_key_hint(key: str) -> str | None:

@@ -140,7 +140,8 @@ def test_a_sweep_names_one_instance_per_value_and_retrains_each() -> None:
     assert {t.method for t in trial_grid(only)} == {"random", "full", *swept}
     listed = load_config(REPO / "jobs/configs/mnist.yaml",
                          ["score.sweep={gradsimcore: [{threshold_quantile: 0.9}, {threshold: 0.5}]}"])
-    assert listed.score.instances[-2:] == ("gradsimcore@threshold_quantile=0.9", "gradsimcore@threshold=0.5")
+    assert listed.score.instances[-2:] == ("gradsimcore", "gradsimcore@threshold=0.5")  # 0.9: the configured Φ
+    assert listed.score.instance_setting("gradsimcore") == {"threshold_quantile": 0.9}
     assert listed.score.method_params("gradsimcore@threshold=0.5").threshold == 0.5
     one = load_config(REPO / "jobs/configs/mnist.yaml", [sweep, f"retrain.methods=['{swept[2]}']"])  # quoted: a comma
     assert {t.method for t in trial_grid(one)} == {swept[2], "full"}
