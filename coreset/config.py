@@ -134,7 +134,7 @@ class TrainConfig:
     workers: int = 1  # data-parallel Ray Train workers (1: a single process)
     cpus_per_worker: int = 0  # 0: all CPUs of the node divided by workers
     use_gpu: Literal["auto", "yes", "no"] = "auto"
-    amp: bool = True  # bfloat16/float16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bfloat16 autocast on CUDA (coreset.devices.autocast); ignored on CPU
 
     def validate(self) -> None:
         at_least("train.epochs", self.epochs, 1)
@@ -310,6 +310,7 @@ class RetrainConfig:
     max_concurrent: int = 0  # 0: as many as resources allow
     max_failures: int = 2
     trials_per_pack: int = 0  # 0: about four packs per trial slot (stages.retrain.trial_packs)
+    resident_max_gb: float = 16.0  # images held on the trials' device (coreset.data.resident); 0: the loader
 
     def validate(self) -> None:
         from coreset.methods import METHODS
@@ -331,6 +332,7 @@ class RetrainConfig:
         at_least("retrain.max_concurrent", self.max_concurrent, 0)
         at_least("retrain.max_failures", self.max_failures, 0)
         at_least("retrain.trials_per_pack", self.trials_per_pack, 0)
+        at_least("retrain.resident_max_gb", self.resident_max_gb, 0.0)
 
 
 @dataclass(frozen=True)
