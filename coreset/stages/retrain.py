@@ -11,7 +11,9 @@ stops when it stalls, and reports the test accuracy of its best-validation check
 
 Trials run in packs (:func:`trial_packs`), one after another in one process that loads the
 data once. On 2 CPU cores an MNIST trial of 300 steps trains in 15-30 s, and a process of its
-own spent about 12 s more starting and loading the data.
+own spent about 12 s more starting and loading the data. On a GPU the decoded splits are held
+there once per pack process (:func:`trial_batches`, :mod:`coreset.data.resident`): the one or
+two CPU cores of a trial could not slice and augment batches as fast as the GPU trains.
 """
 from __future__ import annotations
 
