@@ -290,6 +290,14 @@ class RetrainConfig:
     Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
     to take several), one after the other in one Tune trial: a small-subset trial is seconds
     of training, and its own process would spend as long starting and loading the data.
+
+    ``resident_max_gb`` bounds the uint8 images a pack process holds on its trials' device
+    (:mod:`coreset.data.resident`): on a GPU, batches are then gathered, augmented and
+    normalised there instead of on the one or two CPU cores a trial gets, which cannot feed
+    a GPU a CIFAR-sized model's steps. On CUDA the bound is also a share of the device's
+    memory (half of its ``gpus_per_trial`` part), so packs sharing a GPU leave room for
+    each other's models. 0: every trial reads through the loader. It does not join the trial
+    settings key: the batches are the same either way.
     """
 
     target_models: tuple[str, ...] = ()
