@@ -39,6 +39,7 @@ import torch
 from coreset import placement
 from coreset.config import StudyConfig
 from coreset.data import Datasets, probe_ids
+from coreset.data.resident import budget_bytes
 from coreset.methods import Inputs, SelectionMethod
 from coreset.models import build_model
 from coreset.placement import Placement
@@ -259,13 +260,16 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     val_ids = retrain.validation_ids(cfg, np.sort(split.sample_id[split.split == "val"].to_numpy()))
     evaluated = retrain.evaluated_images(cfg, mean_evals, len(datasets.test), len(val_ids))
     rates: dict[str, Rate] = {}
+    # the data where a trial reads it (resident on its device when it fits), made once before
+    # the trials timed at once share it
+    data = datasets.resident(device, budget_bytes(device, cfg.retrain.resident_max_gb,
+                                                  cfg.retrain.gpus_per_trial)) or datasets
 
     def trial(target: str, seed: int) -> tuple[float, float]:
-        """One trial's seconds per step and per evaluated test image."""
+        """One trial's seconds per step and per evaluated test image, on the batches a trial reads."""
         model = prepare_model(build_model(target, datasets.spec), device)
-        batches = retrain.cycle_batches(datasets.batches("train", train_ids, cfg.retrain.batch_size, train=True,
-                                                  shuffle=True, seed=seed))
-        return _steps_seconds(model, batches, cfg, device), _eval_seconds(model, datasets, cfg, device)
+        train, _, _ = retrain.trial_batches(cfg, datasets, train_ids, seed, device, None)
+        return _steps_seconds(model, retrain.cycle_batches(train), cfg, device), _eval_seconds(model, data, cfg, device)
 
     with _threads(unit.threads):
         for target in sorted({t.target_model for t in grid}):

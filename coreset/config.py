@@ -135,7 +135,7 @@ class TrainConfig:
     workers: int = 1  # data-parallel Ray Train workers (1: a single process)
     cpus_per_worker: int = 0  # 0: all CPUs of the node divided by workers
     use_gpu: Literal["auto", "yes", "no"] = "auto"
-    amp: bool = True  # bfloat16/float16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bfloat16 autocast on CUDA (coreset.devices.autocast); ignored on CPU
 
     def validate(self) -> None:
         at_least("train.epochs", self.epochs, 1)
@@ -386,6 +386,14 @@ class RetrainConfig:
     Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
     to take several), one after the other in one Tune trial: a small-subset trial is seconds
     of training, and its own process would spend as long starting and loading the data.
+
+    ``resident_max_gb`` bounds the uint8 images a pack process holds on its trials' device
+    (:mod:`coreset.data.resident`): on a GPU, batches are then gathered, augmented and
+    normalised there instead of on the one or two CPU cores a trial gets, which cannot feed
+    a GPU a CIFAR-sized model's steps. On CUDA the bound is also a share of the device's
+    memory (half of its ``gpus_per_trial`` part), so packs sharing a GPU leave room for
+    each other's models. 0: every trial reads through the loader. It does not join the trial
+    settings key: the batches are the same either way.
     """
 
     target_models: tuple[str, ...] = ()
@@ -406,6 +414,7 @@ class RetrainConfig:
     max_concurrent: int = 0  # 0: as many as resources allow
     max_failures: int = 2
     trials_per_pack: int = 0  # 0: about four packs per trial slot (stages.retrain.trial_packs)
+    resident_max_gb: float = 16.0  # images held on the trials' device (coreset.data.resident); 0: the loader
 
     def validate(self) -> None:
         from coreset.methods import METHODS
@@ -427,6 +436,7 @@ class RetrainConfig:
         at_least("retrain.max_concurrent", self.max_concurrent, 0)
         at_least("retrain.max_failures", self.max_failures, 0)
         at_least("retrain.trials_per_pack", self.trials_per_pack, 0)
+        at_least("retrain.resident_max_gb", self.resident_max_gb, 0.0)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ def pick_device(use_gpu: str) -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
-    """bfloat16 autocast on CUDA (no loss scaling needed); nothing on CPU."""
+    """bfloat16 autocast on CUDA (no loss scaling needed: bf16 has float32's range); nothing
+    on CPU, where bf16 without AVX-512 BF16 ran a CIFAR/MNIST step 8x slower than float32."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()

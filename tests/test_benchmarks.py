@@ -144,11 +144,26 @@ def test_methods_smoke(tmp_path: Path) -> None:
     assert (table.projected_s == table.seconds_per_class * 10).all() and (table.seconds_per_class > 0).all()
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and trains two tiny trials per path: ~20 s on 2 cores
+def test_retrain_smoke(tmp_path: Path) -> None:
+    proc = run("retrain.py", "--models", "cnn5", "--images", "64", "--batch", "16", "--steps", "3", "--repeats", "1",
+               "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "vs_loader" in proc.stdout
+    table = pd.read_parquet(tmp_path / "retrain.parquet")
+    assert list(table.columns) == ["device", "model", "path", "images", "batch", "steps", "min_s", "median_s",
+                                   "steps_per_s", "vs_loader"]
+    cpu = table[table.device == "cpu"].set_index("path")
+    assert list(cpu.index) == ["loader", "resident"] and cpu.vs_loader["loader"] == 1.0
+    assert (table.steps_per_s > 0).all()
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("gradients.py", ["--models", "no_such_model"], "unknown model no_such_model"),
     ("ray_overhead.py", ["--config", "jobs/configs/mnist.yaml", "--root", "{tmp}/missing"],
      "no finished source training"),
     ("methods.py", ["--methods", "no_such_method"], "unknown method no_such_method"),
+    ("retrain.py", ["--models", "no_such_model"], "unknown model no_such_model"),
 ])
 def test_bad_input_is_one_line(script: str, args: list[str], message: str, tmp_path: Path) -> None:
     proc = run(script, *(a.replace("{tmp}", str(tmp_path)) for a in args))

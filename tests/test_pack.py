@@ -336,6 +336,21 @@ def test_a_subset_of_a_streaming_pack_is_gathered_once_into_the_cache(
     assert from_pack() and len(_entries(cache)) == 2
 
 
+def test_a_gathered_subset_is_held_on_the_trials_device_when_it_fits(tiny: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """Retraining's resident path for a streaming pack: the decoded gathered subset goes to the
+    device (``meta`` stands in for a GPU) within the budget; over it, or held as bytes, it stays."""
+    _, pack, _ = tiny
+    ids, meta = np.arange(1, 60, 7), torch.device("meta")
+    decoded = _streaming(pack, tmp_path / "cache", 5e-4)
+    held = decoded.subset_batches(ids, 4, device=meta, max_bytes=1 << 20)
+    assert held.dataset.images.device == meta and held.dataset.labels.device == meta
+    assert next(iter(held))[0].device == meta
+    assert decoded.subset_batches(ids, 4, device=meta, max_bytes=100).dataset.images.device.type == "cpu"
+    as_bytes = _streaming(pack, tmp_path / "cache-bytes", 0.0).subset_batches(ids, 4, device=meta, max_bytes=1 << 20)
+    assert isinstance(as_bytes, SubsetBatches) and not as_bytes.dataset.in_memory
+
+
 def test_a_large_subset_or_a_folder_is_not_gathered(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
     folder, pack, _ = tiny
     assert not isinstance(_streaming(pack, tmp_path).subset_batches(np.arange(40), 4), SubsetBatches)

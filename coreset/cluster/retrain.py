@@ -72,7 +72,9 @@ def _trainable(config: dict[str, Any]) -> None:
 
 def _run_pack(config: dict[str, Any]) -> None:
     """Each trial of the pack in turn: train on its subset, report every evaluation, write its
-    row. A trial with a row (finished before a failure or interrupt) is reported and skipped."""
+    row. A trial with a row (finished before a failure or interrupt) is reported and skipped.
+    The pack's trials share one ``Datasets``, so on a GPU the splits go over to it once
+    (:meth:`Datasets.resident`) and each trial indexes its subset there."""
     cfg = config_from_dict(config["study"])
     root = StudyRoot(config["root"])
     torch.set_num_threads(int(config["threads"]))

@@ -128,13 +128,21 @@ class Batches:
             return
         order = self._order()
         if self.dataset.in_memory:
-            assert self.dataset.images is not None
-            for start in range(0, len(order), self.batch_size):
-                ids = order[start : start + self.batch_size]
-                x = self.transform(self.dataset.images[ids], self.train, g)
-                yield x, self.dataset.labels[ids], ids
+            yield from self._sliced(order, g)
             return
         yield from self._checked(self._decoded(order), g)
+
+    def _sliced(self, order: torch.Tensor, g: torch.Generator) -> Iterator[Batch]:
+        """Batches of decoded images sliced in ``order``, on the device that holds them (a GPU for
+        retraining's resident data, :mod:`coreset.data.resident`): the order moves there once an
+        epoch, so each batch is gathered, augmented and normalised without leaving it. The ids
+        stay on the CPU, where callers keep them."""
+        images, labels = self.dataset.images, self.dataset.labels
+        assert images is not None
+        rows = order.to(images.device, non_blocking=True)
+        for start in range(0, len(order), self.batch_size):
+            index = rows[start : start + self.batch_size]
+            yield self.transform(images[index], self.train, g), labels[index], order[start : start + self.batch_size]
 
     def _checked(self, decoded: Iterator[tuple[torch.Tensor, ...]], g: torch.Generator) -> Iterator[Batch]:
         """Decoded batches augmented by ``transform``; a batch with an image that did not decode stops the run."""

@@ -1,7 +1,10 @@
 """Per-dataset normalisation and augmentation, applied to whole uint8 batches.
 
 Batched tensor ops (one gather for all random crops) instead of per-image PIL
-transforms keep augmentation a small fraction of a CPU training step.
+transforms keep augmentation a small fraction of a CPU training step, and run where the
+images are: a batch already on a GPU (the retraining stage's resident data) is augmented
+there. The random draws (offsets, flips, crop boxes) always come from the CPU ``generator``
+and are moved to the images' device, so a seed gives the same augmentation on every device.
 """
 from __future__ import annotations
 
@@ -57,8 +60,8 @@ class BatchTransform:
             x = random_flip(x, generator)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = center_resize(x, self.size)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return x.sub_(mean).div_(std)  # x is this call's own tensor: in place, no temporaries
 
 
@@ -68,15 +71,15 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     padded = F.pad(x, (padding,) * 4)
     oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
     ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    rows = oy[:, None] + torch.arange(h)
-    cols = ox[:, None] + torch.arange(w)
+    rows = (oy[:, None] + torch.arange(h)).to(x.device, non_blocking=True)
+    cols = (ox[:, None] + torch.arange(w)).to(x.device, non_blocking=True)
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Horizontal flip of a random half of the batch."""
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device, non_blocking=True)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -98,7 +101,7 @@ def random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator |
     theta[:, 1, 1] = ch / h
     theta[:, 0, 2] = (2 * x0 + cw) / w - 1
     theta[:, 1, 2] = (2 * y0 + ch) / h - 1
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [b, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

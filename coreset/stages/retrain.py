@@ -11,7 +11,9 @@ stops when it stalls, and reports the test accuracy of its best-validation check
 
 Trials run in packs (:func:`trial_packs`), one after another in one process that loads the
 data once. On 2 CPU cores an MNIST trial of 300 steps trains in 15-30 s, and a process of its
-own spent about 12 s more starting and loading the data.
+own spent about 12 s more starting and loading the data. On a GPU the decoded splits are held
+there once per pack process (:func:`trial_batches`, :mod:`coreset.data.resident`): the one or
+two CPU cores of a trial could not slice and augment batches as fast as the GPU trains.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import torch
 from coreset import layout
 from coreset.config import StudyConfig, method_of
 from coreset.data import Batches, Datasets, split_ids
+from coreset.data.resident import budget_bytes
 from coreset.devices import pick_device
 from coreset.errors import StageError
 from coreset.methods.budget import global_budget
@@ -222,6 +225,22 @@ def validation_ids(cfg: StudyConfig, val_ids: np.ndarray) -> np.ndarray:
     return np.sort(np.random.default_rng(cfg.seed + 2).choice(val_ids, size, replace=False))
 
 
+def trial_batches(cfg: StudyConfig, datasets: Datasets, ids: np.ndarray, seed: int, device: torch.device,
+                  val_ids: np.ndarray | None) -> tuple[Batches, Batches, Batches | None]:
+    """A trial's (train, test, validation) batches: from the splits held on ``device`` when they
+    fit in ``retrain.resident_max_gb`` (:meth:`Datasets.resident`: once per process, so a pack's
+    trials share them), else through the loader, a gathered subset still held there when it
+    fits. The same batches either way: the shuffle and the augmentation are drawn on the CPU
+    from the trial's seed."""
+    r, eval_batch = cfg.retrain, cfg.train.eval_batch_size
+    budget = budget_bytes(device, r.resident_max_gb, r.gpus_per_trial)
+    data = datasets.resident(device, budget) or datasets
+    train = data.subset_batches(ids, r.batch_size, train=True, shuffle=True, seed=seed,
+                                device=device if budget else None, max_bytes=budget)
+    test = data.batches("test", None, eval_batch)
+    return train, test, None if val_ids is None else data.batches("train", val_ids, eval_batch)
+
+
 def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
             report: Callable[[dict[str, Any]], None] = lambda m: None,
             device: torch.device | None = None, val_ids: np.ndarray | None = None) -> dict[str, Any]:
@@ -244,10 +263,8 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
         tcfg = dataclasses.replace(tcfg, schedule="constant")
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
-    train = datasets.subset_batches(ids, r.batch_size, train=True, shuffle=True, seed=trial.seed)
+    train, test, val = trial_batches(cfg, datasets, ids, trial.seed, device, val_ids if early else None)
     stream = cycle_batches(train)
-    test = datasets.batches("test", None, cfg.train.eval_batch_size)
-    val = datasets.batches("train", val_ids, cfg.train.eval_batch_size) if early else None
     stopper, best_state, accs = EarlyStopping(r.patience), None, []
     for interval in range(1, intervals + 1):
         stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device,
