@@ -381,7 +381,11 @@ class RetrainConfig:
     accuracy of the best-validation checkpoint (``test_acc``) beside the last one's
     (``final_test_acc``), with its validation accuracy and the steps it ran. Its learning
     rate is constant (``train.lr``): one decaying over the maximum would keep validation
-    accuracy rising until the maximum.
+    accuracy rising until the maximum. With ``lr_drops`` > 0 a stall first divides the rate
+    by 10 and patience starts again, up to ``lr_drops`` times, before it stops: the
+    gradient-magnitude paper trains with learning-rate decay and early stopping, and at a
+    constant rate MNIST's CNN plateaus near 98.5% validation accuracy where one drop takes it
+    past 99%.
 
     Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
     to take several), one after the other in one Tune trial: a small-subset trial is seconds
@@ -407,6 +411,7 @@ class RetrainConfig:
     validate_every: int = 100  # early_stopping: steps between validation measurements
     patience: int = 5  # early_stopping: measurements without a better validation accuracy
     val_size: int = 0  # early_stopping: validation images measured (0: the whole split)
+    lr_drops: int = 0  # early_stopping: stalls that divide the rate by 10 before one stops the trial
     batch_size: int = 128
     full_data: bool = True
     cpus_per_trial: int = 1
@@ -432,6 +437,7 @@ class RetrainConfig:
         for key in ("epochs", "steps", "evaluations", "validate_every", "patience", "batch_size", "cpus_per_trial"):
             at_least(f"retrain.{key}", getattr(self, key), 1)
         at_least("retrain.val_size", self.val_size, 0)
+        at_least("retrain.lr_drops", self.lr_drops, 0)
         in_range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
         at_least("retrain.max_concurrent", self.max_concurrent, 0)
         at_least("retrain.max_failures", self.max_failures, 0)

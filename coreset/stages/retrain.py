@@ -137,6 +137,7 @@ def trial_images(trial: Trial, n_train: int) -> int:
     return n_train if trial.method == "full" else global_budget(n_train, trial.fraction)
 
 
+LR_DROP = 0.1  # early stopping's rate drop on a stall (retrain.lr_drops)
 PACKS_PER_SLOT = 4  # packs per trial slot when retrain.trials_per_pack is 0: the last round stays short
 
 
@@ -265,7 +266,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
     train, test, val = trial_batches(cfg, datasets, ids, trial.seed, device, val_ids if early else None)
     stream = cycle_batches(train)
-    stopper, best_state, accs = EarlyStopping(r.patience), None, []
+    stopper, best_state, accs, drops = EarlyStopping(r.patience), None, [], 0
     for interval in range(1, intervals + 1):
         stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device,
                                 cfg.train.amp)
@@ -278,7 +279,10 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
         if stopper.update(val_acc, step):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         report({"epoch": interval, "step": step, "val_acc": val_acc, "train_loss": stats.loss})
-        if stopper.stop:
+        if stopper.stop and drops < r.lr_drops:  # a stall divides the rate, and patience starts again
+            drops, stopper.since_best = drops + 1, 0
+            scheduler.base_lrs = [lr * LR_DROP for lr in scheduler.base_lrs]  # LambdaLR scales these each step
+        elif stopper.stop:
             break
     steps = interval * per_interval
     if val is None:
@@ -306,6 +310,8 @@ def trial_settings(cfg: StudyConfig) -> dict[str, Any]:
                 "nesterov": t.nesterov, "schedule": t.schedule, "amp": t.amp, "data": cfg.data.name, "seed": cfg.seed}
     if r.policy == "early_stopping":
         settings.update(validate_every=r.validate_every, patience=r.patience, val_size=r.val_size)
+        if r.lr_drops:  # joins the key only when set: rows of runs without drops keep theirs
+            settings["lr_drops"] = r.lr_drops
     return settings
 
 

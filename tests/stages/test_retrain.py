@@ -131,6 +131,25 @@ def test_early_stopping_reports_the_best_validation_checkpoints_test_accuracy() 
     assert capped["final_test_acc"] == row["test_acc"]
 
 
+def test_a_stall_first_drops_the_rate_then_patience_starts_again() -> None:
+    """``retrain.lr_drops``: the trial without drops stops at its first stall; with one, the same
+    steps run up to there (same seed, same rate), then at a tenth of the rate it goes on for at
+    least ``patience`` more measurements, and stops only at the second stall."""
+    base = ("retrain.policy=early_stopping", "retrain.steps=400", "retrain.validate_every=4", "retrain.patience=2",
+            "train.lr=0.2", "retrain.batch_size=16")
+    datasets = load_datasets(_cfg(*base).data)
+    ids, val = np.arange(0, 120), validation_ids(_cfg(*base), np.arange(120, 200))
+    trial = Trial("random", 0.5, 0, "mnist_cnn")
+    plain, dropped = [], []
+    first = retrain(_cfg(*base), datasets, trial, ids, report=plain.append, val_ids=val)
+    second = retrain(_cfg(*base, "retrain.lr_drops=1"), datasets, trial, ids, report=dropped.append, val_ids=val)
+    assert first["steps"] < 400 and second["steps"] >= first["steps"] + 2 * 4
+    assert [m["val_acc"] for m in dropped[:len(plain)]] == [m["val_acc"] for m in plain]
+    assert second["val_acc"] >= first["val_acc"]
+    assert "lr_drops" in trial_settings(_cfg(*base, "retrain.lr_drops=1")) and "lr_drops" not in trial_settings(
+        _cfg(*base))
+
+
 def test_early_stopping_settings_and_schedule() -> None:
     cfg = _cfg("retrain.policy=early_stopping", "retrain.steps=1000", "retrain.epochs=30", "retrain.validate_every=50",
                "retrain.batch_size=10")
