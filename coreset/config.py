@@ -385,7 +385,7 @@ class RetrainConfig:
     by 10 and patience starts again, up to ``lr_drops`` times, before it stops: the
     gradient-magnitude paper trains with learning-rate decay and early stopping, and at a
     constant rate MNIST's CNN plateaus near 98.5% validation accuracy where one drop takes it
-    past 99%.
+    past 99%. ``min_delta`` is the gain of validation accuracy that counts as better.
 
     Trials run in packs (``trials_per_pack``; 0: enough packs for every slot of the cluster
     to take several), one after the other in one Tune trial: a small-subset trial is seconds
@@ -412,6 +412,7 @@ class RetrainConfig:
     patience: int = 5  # early_stopping: measurements without a better validation accuracy
     val_size: int = 0  # early_stopping: validation images measured (0: the whole split)
     lr_drops: int = 0  # early_stopping: stalls that divide the rate by 10 before one stops the trial
+    min_delta: float = 0.0  # early_stopping: the validation accuracy gain that counts as better
     batch_size: int = 128
     full_data: bool = True
     cpus_per_trial: int = 1
@@ -438,6 +439,7 @@ class RetrainConfig:
             at_least(f"retrain.{key}", getattr(self, key), 1)
         at_least("retrain.val_size", self.val_size, 0)
         at_least("retrain.lr_drops", self.lr_drops, 0)
+        in_range("retrain.min_delta", self.min_delta, 0.0, 1.0, lo_open=False, hi_open=True)
         in_range("retrain.gpus_per_trial", self.gpus_per_trial, 0.0, 8.0, lo_open=False)
         at_least("retrain.max_concurrent", self.max_concurrent, 0)
         at_least("retrain.max_failures", self.max_failures, 0)

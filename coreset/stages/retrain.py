@@ -197,16 +197,19 @@ def cycle_batches(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor
 @dataclass
 class EarlyStopping:
     """Patience on validation accuracy. :meth:`update` takes each measurement and says whether
-    it is the best so far (strictly: a tie keeps the earlier, shorter-trained checkpoint);
-    :attr:`stop` holds once ``patience`` measurements in a row were not."""
+    it is the best so far by more than ``min_delta`` (strictly: a tie keeps the earlier,
+    shorter-trained checkpoint); :attr:`stop` holds once ``patience`` measurements in a row
+    were not. ``min_delta``: gains of an image or two in the validation images are noise, and
+    counting them kept small-subset trials creeping on for hundreds of steps."""
 
     patience: int
+    min_delta: float = 0.0
     best: float = -math.inf
     best_step: int = 0
     since_best: int = 0
 
     def update(self, acc: float, step: int) -> bool:
-        if acc > self.best:
+        if acc > self.best + self.min_delta:
             self.best, self.best_step, self.since_best = acc, step, 0
             return True
         self.since_best += 1
@@ -266,7 +269,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     scheduler = build_scheduler(optimizer, tcfg, per_interval)
     train, test, val = trial_batches(cfg, datasets, ids, trial.seed, device, val_ids if early else None)
     stream = cycle_batches(train)
-    stopper, best_state, accs, drops = EarlyStopping(r.patience), None, [], 0
+    stopper, best_state, accs, drops = EarlyStopping(r.patience, r.min_delta), None, [], 0
     for interval in range(1, intervals + 1):
         stats = train_one_epoch(model, itertools.islice(stream, per_interval), optimizer, scheduler, device,
                                 cfg.train.amp)
@@ -310,8 +313,8 @@ def trial_settings(cfg: StudyConfig) -> dict[str, Any]:
                 "nesterov": t.nesterov, "schedule": t.schedule, "amp": t.amp, "data": cfg.data.name, "seed": cfg.seed}
     if r.policy == "early_stopping":
         settings.update(validate_every=r.validate_every, patience=r.patience, val_size=r.val_size)
-        if r.lr_drops:  # joins the key only when set: rows of runs without drops keep theirs
-            settings["lr_drops"] = r.lr_drops
+        settings.update({k: getattr(r, k) for k in ("lr_drops", "min_delta") if getattr(r, k)})  # only when set:
+        # rows of runs without them keep their key
     return settings
 
 

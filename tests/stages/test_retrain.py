@@ -107,6 +107,9 @@ def test_early_stopping_keeps_the_first_best_and_stops_after_patience_measuremen
     assert [(better, stop) for _, better, stop in seen] == [(True, False), (True, False), (False, False),
                                                            (True, False), (False, False), (False, True)]
     assert (stopper.best, stopper.best_step) == (0.7, 20)  # the tie at step 30 keeps the earlier checkpoint
+    margin = EarlyStopping(patience=2, min_delta=0.02)
+    assert [margin.update(acc, step) for step, acc in ((5, 0.5), (10, 0.51), (15, 0.53))] == [True, False, True]
+    assert (margin.best_step, margin.since_best) == (15, 0)
 
 
 def test_early_stopping_reports_the_best_validation_checkpoints_test_accuracy() -> None:
