@@ -25,7 +25,7 @@ from coreset.progress import ConsoleHandler, end_live_lines
 from coreset.storage import StudyRoot
 
 # Sections whose change makes an existing study root a different study.
-_IDENTITY_KEYS = ("seed", "data.name", "data.val_fraction", "data.image_size", "data.classes",
+_IDENTITY_KEYS = ("seed", "train.seed", "data.name", "data.val_fraction", "data.image_size", "data.classes",
                  "data.transpose", "model.name", "model.pretrained")
 
 

@@ -48,6 +48,7 @@ def test_overrides_are_typed() -> None:
     ("score.params.random.epoch=3", "unknown key score.params.random.epoch; allowed: none"),
     ("score.params.gradsim.threshold=0.5", "score.params='gradsim' is not allowed"),
     ("gradients.factor_epochs=[]", "gradsimcore needs gradients.factor_epochs"),
+    ("train.seed=-1", "train.seed must be >= 0"),
     ("retrain.policy=forever", "retrain.policy='forever' is not allowed; allowed: epochs, steps, early_stopping"),
     ("score.sweep={herding: {x: [1]}}", "score.sweep.herding: 'herding' is not one of score.methods"),
     ("score.sweep={gradsimcore: {phi: [0.5]}}", "score.sweep.gradsimcore='phi' is not allowed; allowed: threshold,"),
@@ -96,6 +97,15 @@ def test_root_of_another_study_is_refused(tmp_path: Path) -> None:
     record_config(load_config(REPO / "jobs/configs/mnist.yaml"), root)
     with pytest.raises(ConfigError, match="holds a study with model.name='mnist_cnn'"):
         record_config(load_config(REPO / "jobs/configs/mnist.yaml", ["model.name=linear"]), root)
+    with pytest.raises(ConfigError, match="holds a study with train.seed=None, not 1"):  # one source model a root
+        record_config(load_config(REPO / "jobs/configs/mnist.yaml", ["train.seed=1"]), root)
+
+
+def test_the_source_seed_is_the_studys_unless_train_seed_sets_it() -> None:
+    from coreset.stages.train import source_seed
+
+    assert source_seed(load_config(REPO / "jobs/configs/mnist.yaml", ["seed=3"])) == 3
+    assert source_seed(load_config(REPO / "jobs/configs/mnist.yaml", ["seed=3", "train.seed=0"])) == 0
 
 
 def test_method_parameters_come_from_their_declarations() -> None:

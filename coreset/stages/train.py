@@ -155,8 +155,13 @@ def recorded_train_ids(root: StudyRoot) -> np.ndarray:
     return split_ids(read_table(root, layout.SPLIT, "split"))
 
 
+def source_seed(cfg: StudyConfig) -> int:
+    """The seed of the source model: ``train.seed``, else the study's."""
+    return cfg.seed if cfg.train.seed is None else cfg.train.seed
+
+
 def build_source_model(cfg: StudyConfig, datasets: Datasets) -> Classifier:
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(source_seed(cfg))
     return build_model(cfg.model.name, datasets.spec, pretrained=cfg.model.pretrained)
 
 
@@ -193,7 +198,7 @@ def train_source(cfg: StudyConfig, root: StudyRoot, rank: int = 0, world: int = 
 
     model = prepare_model(build_source_model(cfg, datasets), device)
     train_batches = datasets.batches("train", train_ids, cfg.train.batch_size, train=True, shuffle=True,
-                                     seed=cfg.seed, rank=rank, world=world)
+                                     seed=source_seed(cfg), rank=rank, world=world)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, len(train_batches))
     history = pd.DataFrame()
