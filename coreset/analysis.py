@@ -68,3 +68,22 @@ def topk_overlap_curve(
         overlap = len(np.intersect1d(order_a[:k], order_b[:k], assume_unique=True))
         rows.append((k, k / n, overlap / k, k / n))
     return pd.DataFrame(rows, columns=["k", "fraction", "overlap", "random_baseline"])
+
+
+def source_spread(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """How much of a result's spread is the source model's: per target model, method and
+    fraction, over rows of several studies that differ only in ``source_seed`` (their source
+    models), the mean test accuracy; ``retrain_std``, the std over retraining seeds within a
+    source model (averaged over source models); ``source_std``, the std over source models of
+    their mean. A ``source_std`` well above ``retrain_std`` means the ranking of methods at that
+    fraction is a property of one source model, not of the method."""
+    need = {"source_seed", "target_model", "method", "fraction", "seed", "test_acc"}
+    missing = sorted(need - set(accuracy.columns))
+    if missing:
+        raise ValueError(f"accuracy rows lack {missing}")
+    keys = ["target_model", "method", "fraction"]
+    per_source = accuracy.groupby([*keys, "source_seed"])["test_acc"].agg(["mean", "std", "count"]).reset_index()
+    out = per_source.groupby(keys).agg(mean=("mean", "mean"), retrain_std=("std", "mean"),
+                                       source_std=("mean", "std"), source_seeds=("source_seed", "nunique"),
+                                       retrain_seeds=("count", "min"))
+    return out.reset_index()

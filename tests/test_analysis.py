@@ -59,3 +59,19 @@ def test_analysis_errors() -> None:
         label_entropy_curve(s, ks=[0, 6])
     with pytest.raises(ValueError, match="same sample_ids"):
         topk_overlap_curve(s, s.assign(sample_id=s.sample_id + 1), ks=[1])
+
+
+def test_source_spread_separates_source_models_from_retraining_seeds() -> None:
+    """Two source models, two retraining seeds each: the retraining std is the mean of the
+    within-source stds, the source std the std of the two sources' means."""
+    from coreset.analysis import source_spread
+
+    rows = pd.DataFrame({"source_seed": [0, 0, 1, 1], "target_model": "m", "method": "max_gradient",
+                         "fraction": 0.01, "seed": [0, 1, 0, 1], "test_acc": [0.30, 0.32, 0.40, 0.44]})
+    (row,) = source_spread(rows).to_dict("records")
+    assert row["mean"] == pytest.approx(0.365)
+    assert row["retrain_std"] == pytest.approx((np.std([0.30, 0.32], ddof=1) + np.std([0.40, 0.44], ddof=1)) / 2)
+    assert row["source_std"] == pytest.approx(np.std([0.31, 0.42], ddof=1))
+    assert (row["source_seeds"], row["retrain_seeds"]) == (2, 2)
+    with pytest.raises(ValueError, match="lack \\['source_seed'\\]"):
+        source_spread(rows.drop(columns="source_seed"))

@@ -8,7 +8,7 @@ classes and diagnostics) and ``images`` (Figs. 4, 10, 11 and GradSimCore's best/
 """
 from __future__ import annotations
 
-from coreset.figures.accuracy import accuracy_vs_fraction
+from coreset.figures.accuracy import accuracy_vs_fraction, source_spread
 from coreset.figures.canvas import Rendered
 from coreset.figures.images import image_grid, percentile_rows
 from coreset.figures.magnitude import batch_bound, trajectory_heatmap
@@ -17,5 +17,5 @@ from coreset.figures.selection import subset_composition, subset_diagnostics, th
 
 __all__ = [
     "Rendered", "accuracy_vs_fraction", "batch_bound", "image_grid", "label_entropy", "percentile_rows",
-    "subset_composition", "subset_diagnostics", "thresholds", "topk_overlap", "trajectory_heatmap",
+    "source_spread", "subset_composition", "subset_diagnostics", "thresholds", "topk_overlap", "trajectory_heatmap",
 ]

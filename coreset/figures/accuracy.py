@@ -59,3 +59,28 @@ def accuracy_vs_fraction(accuracy: pd.DataFrame, path: str | Path) -> Rendered:
     axes[0].set_ylabel("top-1 test accuracy (%)")
     fig.suptitle("Test accuracy vs subset size (mean ± std over seeds)")
     return save(fig, path, summary)
+
+
+def source_spread(spread: pd.DataFrame, path: str | Path) -> Rendered:
+    """The two spreads of each method's accuracy against the fraction kept: over retraining
+    seeds within one source model (left) and over source models (right), from
+    :func:`coreset.analysis.source_spread`. One panel pair per target model is too many for a
+    page; the first target model is drawn and the CSV holds them all."""
+    require(spread, ("target_model", "method", "fraction", "retrain_std", "source_std"), "source spread")
+    target = sorted(spread["target_model"].unique())[0]
+    rows = spread[spread["target_model"] == target]
+    fig, axes = panels(2, sharey=True)
+    style = line_styles(list(rows["method"].unique()))
+    for ax, column, title in zip(axes, ("retrain_std", "source_std"), ("over retraining seeds", "over source models"),
+                                 strict=True):
+        for method, curve in rows.groupby("method"):
+            curve = curve.sort_values("fraction")
+            ax.plot(curve["fraction"], 100 * curve[column], marker="o", ms=3, label=method, **style[method])
+        ax.set_xscale("log")
+        ax.set_title(f"std of test accuracy {title}")
+        ax.set_xlabel("subset size (share of the training set)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("std (accuracy points)")
+    legend(fig, axes[0], loc="upper right")
+    fig.suptitle(f"Where the spread comes from (retrained: {target})")
+    return save(fig, path, spread)

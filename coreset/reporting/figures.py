@@ -21,13 +21,15 @@ import pyarrow.dataset as pads
 import torch
 
 from coreset import figures, layout
-from coreset.analysis import topk_overlap_curve
+from coreset.analysis import source_spread, topk_overlap_curve
+from coreset.cli import check_study, recorded_config
 from coreset.config import StudyConfig
 from coreset.data import Datasets, load_datasets
 from coreset.data.decode import resize_center_crop
 from coreset.errors import StageError, UserError
 from coreset.methods.base import top_k
 from coreset.stages.subset_diagnostics import NEAR_DUPLICATE_COSINE
+from coreset.stages.train import source_seed
 from coreset.storage import StudyRoot
 from coreset.tables import read_table
 
@@ -43,6 +45,7 @@ class Sources:
     cfg: StudyConfig
     root: StudyRoot
     compare: StudyRoot | None = None
+    replicas: tuple[StudyRoot, ...] = ()  # the same study with other source models (train.seed)
 
     @cached_property
     def datasets(self) -> Datasets | str:
@@ -219,6 +222,33 @@ def _overlap(src: Sources, path: Path) -> figures.Rendered:
     return figures.topk_overlap(curve, path, label=label)
 
 
+def _spread_inputs(src: Sources) -> list[tuple[StudyRoot, str]] | None:
+    if not src.replicas:
+        return None
+    inputs = [_present(r, layout.ACCURACY, layout.CONFIG) for r in (src.root, *src.replicas)]
+    return None if any(i is None for i in inputs) else [x for i in inputs for x in i or []]
+
+
+def source_accuracy(src: Sources) -> pd.DataFrame:
+    """Every root's accuracy rows with its ``source_seed``: the root's and its replicas', each
+    checked to be this study (the same identity but for ``train.seed``) with a seed of its own."""
+    frames, seeds = [], {}
+    for root in (src.root, *src.replicas):
+        check_study(src.cfg, root, ignore=("train.seed",))
+        seed = source_seed(recorded_config(root))
+        if seed in seeds:
+            raise StageError(f"{root.url()} and {seeds[seed]} trained their source models from the same seed "
+                             f"{seed}; a replica needs another train.seed")
+        seeds[seed] = root.url()
+        frames.append(read_table(root, layout.ACCURACY, "accuracy").assign(source_seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _source_spread(src: Sources, path: Path) -> figures.Rendered:
+    accuracy = source_accuracy(src)
+    return figures.source_spread(source_spread(accuracy[accuracy["method"] != "full"]), path)
+
+
 def _accuracy(src: Sources, path: Path) -> figures.Rendered:
     return figures.accuracy_vs_fraction(read_table(src.root, layout.ACCURACY, "accuracy"), path)
 
@@ -296,4 +326,11 @@ SPECS: tuple[FigureSpec, ...] = (
                "coreset; the band is ± one std over seeds.",
                "accuracy.parquet (jobs/retrain.py)",
                lambda src: _present(src.root, layout.ACCURACY), _accuracy),
+    FigureSpec("source_spread", RETRAIN, "The spread over source models beside the spread over retraining seeds",
+               "issue 14 (the gradient-magnitude paper's orderings depend on the source model)",
+               "A method whose right-hand line stands well above its left-hand one owes its rank at that fraction to "
+               "one source model: another source model orders the images differently.",
+               "the same study run into other roots with other train.seed values, given with --replicas",
+               _spread_inputs, _source_spread,
+               lambda src: {"replicas": [r.url() for r in src.replicas]}),
 )

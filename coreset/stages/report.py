@@ -109,9 +109,10 @@ def read_manifest(root: StudyRoot) -> dict:
     return json.loads(root.read_bytes(layout.REPORT_MANIFEST)) if root.exists(layout.REPORT_MANIFEST) else {}
 
 
-def plan(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = None) -> ReportPlan:
+def plan(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = None,
+         replicas: tuple[StudyRoot, ...] = ()) -> ReportPlan:
     """Which figures can be drawn and which are up to date; reads listings and manifests only."""
-    src = Sources(cfg, root, compare)
+    src = Sources(cfg, root, compare, replicas)
     recorded = read_manifest(root)
     done_figures = recorded.get("figures", {})
     work, missing = [], {}
@@ -215,17 +216,17 @@ def _best_settings(summary: pd.DataFrame, instances: list[str]) -> pd.DataFrame:
 
 
 def write_report(cfg: StudyConfig, root: StudyRoot, compare: StudyRoot | None = None,
-                 report_plan: ReportPlan | None = None) -> ReportResult:
+                 report_plan: ReportPlan | None = None, replicas: tuple[StudyRoot, ...] = ()) -> ReportResult:
     """Draw what changed, then publish the page and the manifest; a root without a single table
     to draw from is a :class:`StageError`."""
-    report_plan = report_plan or plan(cfg, root, compare)
+    report_plan = report_plan or plan(cfg, root, compare, replicas)
     if not report_plan.figures:
         raise StageError(f"nothing to report in {root.url()}: it holds no table of any stage; run jobs/train.py "
                          "(or jobs/study.py) first")
     if compare is not None and magnitude_inputs(compare) is None:
         raise StageError(f"--compare {compare.url()} holds no gradient ranking (scores/max_gradient.parquet or a "
                          "gradient table); give the root of a study whose gradients or scores have run")
-    src = Sources(cfg, root, compare)
+    src = Sources(cfg, root, compare, replicas)
     drawn = {w.spec.name: w.fingerprint for w in report_plan.figures if w.done}
     notes = dict(report_plan.missing)
     new = []

@@ -3,6 +3,7 @@ allow, a partial report of a partial study, nothing rewritten when nothing chang
 when an input did, the page in a headless browser, and an s3:// root."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import struct
@@ -21,7 +22,7 @@ from studies import diagnose_in_process, synthetic_study
 
 from coreset import layout
 from coreset.data import load_datasets, split_ids
-from coreset.errors import StageError
+from coreset.errors import StageError, UserError
 from coreset.reporting import published
 from coreset.stages import gradients, report, score
 from coreset.stages.retrain import Trial, retrain, subset_ids
@@ -336,3 +337,30 @@ def test_sweep_table_has_a_row_per_setting_and_names_the_best(tmp_path: Path) ->
     assert frame.iloc[-1][["0.05", "0.2"]].tolist() == ["threshold_quantile=0.5", "threshold_quantile=0.99"]
     published = pd.read_csv(tmp_path / "study" / "report" / "sweep_gradsimcore.csv")
     assert len(published) == 4
+
+
+def test_replicas_give_the_spread_over_source_models(study: StudyRoot, tmp_path: Path) -> None:
+    """Issue 14: ``--replicas`` roots (the study with another ``train.seed``) add the spread over
+    source models; a replica of another study or of the same source seed is refused."""
+    from coreset.cli import record_config
+    from coreset.config import load_config
+
+    cfg = _cfg()
+    record_config(cfg, study)
+    replica = StudyRoot(str(tmp_path / "replica"))
+    shutil.copytree(study.path(""), replica.path(""))
+    replica.delete(layout.CONFIG)
+    record_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=7)), replica)
+    accuracy = read_table(replica, layout.ACCURACY, "accuracy")
+    write_table(replica, layout.ACCURACY, accuracy.assign(test_acc=accuracy.test_acc - 0.1), "accuracy")
+    result = report.write_report(cfg, study, replicas=(replica,))
+    assert result.drawn == ["source_spread"]
+    spread = pd.read_csv(Path(study.path(layout.report_file("source_spread.csv"))))
+    assert (spread.source_seeds == 2).all() and spread.source_std.to_numpy() == pytest.approx(0.1 / np.sqrt(2))
+    with pytest.raises(StageError, match="from the same seed 0"):
+        report.write_report(cfg, study, replicas=(study,))
+    other = load_config(None, ["name=report", "model.name=linear"])
+    replica.delete(layout.CONFIG)
+    record_config(other, replica)
+    with pytest.raises(UserError, match="holds a study with"):
+        report.write_report(cfg, StudyRoot(study.path("")), replicas=(replica,))
