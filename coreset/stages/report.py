@@ -179,8 +179,10 @@ def sweep_tables(cfg: StudyConfig, root: StudyRoot, summary: pd.DataFrame) -> li
     reference and, last, the setting of the highest mean at each fraction; published as
     ``sweep_<method>.csv``."""
     tables = []
-    for method, swept in cfg.score.sweep.items():
+    for method in cfg.score.sweep:
         instances = [i for i in cfg.score.instances if method_of(i) == method]
+        settings = {i: cfg.score.instance_setting(i) for i in instances}
+        params = list(dict.fromkeys(p for s in settings.values() for p in s))  # the swept parameters, in order
         order = [*instances, "random"]
         rows = summary[summary.method.isin(order)]
         if not rows.method.isin(instances).any():
@@ -188,29 +190,28 @@ def sweep_tables(cfg: StudyConfig, root: StudyRoot, summary: pd.DataFrame) -> li
         frame = _cells(rows).pivot(index=["target_model", "method"], columns="fraction", values="cell").fillna("")
         frame.columns = [f"{f:g}" for f in frame.columns]
         fractions = list(frame.columns)
-        frame = frame.reset_index()
-        frame = _ordered(frame, order)
-        settings = [cfg.score.instance_setting(m) if m != "random" else {} for m in frame.method]
-        for p in swept:
-            frame[p] = [setting_text(s[p]) if p in s else "" for s in settings]
+        frame = _ordered(frame.reset_index(), order)
+        for p in params:
+            frame[p] = [setting_text(settings[m][p]) if p in settings.get(m, {}) else "" for m in frame.method]
         frame["method"] = [m if m == "random" else method for m in frame.method]
-        frame = pd.concat([frame[["target_model", "method", *swept, *fractions]], _best_settings(rows, instances)],
-                          ignore_index=True).fillna("")
+        best = _best_settings(rows, settings)
+        frame = pd.concat([frame[["target_model", "method", *params, *fractions]], best], ignore_index=True).fillna("")
         name = f"sweep_{method}"
         _publish_csv(root, name, frame)
-        tables.append(Table(RETRAIN, f"{method}: test accuracy (%) against {', '.join(swept)}",
+        tables.append(Table(RETRAIN, f"{method}: test accuracy (%) against {', '.join(params)}",
                             "Mean ± std over seeds, a row per swept setting and Random's for reference; the last "
                             "row names the setting of the highest mean at each fraction.", frame, f"{name}.csv"))
     return tables
 
 
-def _best_settings(summary: pd.DataFrame, instances: list[str]) -> pd.DataFrame:
+def _best_settings(summary: pd.DataFrame, settings: dict[str, dict]) -> pd.DataFrame:
     """A row per target model naming, at each fraction, the swept setting of the highest mean."""
     rows = []
-    for target, group in summary[summary.method.isin(instances)].groupby("target_model"):
+    for target, group in summary[summary.method.isin(list(settings))].groupby("target_model"):
         best = group.loc[group.groupby("fraction")["mean"].idxmax()]
         row = {"target_model": target, "method": "best setting"}
-        row.update({f"{f:g}": m.partition("@")[2] for f, m in zip(best.fraction, best.method, strict=True)})
+        row.update({f"{f:g}": ",".join(f"{p}={setting_text(v)}" for p, v in settings[m].items())
+                    for f, m in zip(best.fraction, best.method, strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -316,11 +316,14 @@ def test_sweep_table_has_a_row_per_setting_and_names_the_best(tmp_path: Path) ->
     """Issue 14: accuracy against a swept setting, a row per instance in the config's order,
     Random's for reference, the best setting per fraction; the accuracy table starts with the
     full-data row."""
-    cfg = _cfg("score.methods=[random, gradsimcore]", "score.sweep={gradsimcore: {threshold_quantile: [0.99, 0.5]}}")
+    cfg = _cfg("score.methods=[random, gradsimcore]",
+               "score.sweep={gradsimcore: [{threshold_quantile: 0.99}, {threshold_quantile: 0.5}, "
+               "{threshold_quantile: 0.9}, {threshold: 0.95}]}")
     acc = {("gradsimcore@threshold_quantile=0.99", 0.05): (0.30, 0.34), ("gradsimcore@threshold_quantile=0.5", 0.05):
            (0.50, 0.52), ("gradsimcore@threshold_quantile=0.99", 0.2): (0.80, 0.82),
            ("gradsimcore@threshold_quantile=0.5", 0.2): (0.70, 0.70), ("random", 0.05): (0.4, 0.4),
-           ("random", 0.2): (0.75, 0.77), ("full", 1.0): (0.9, 0.92)}
+           ("random", 0.2): (0.75, 0.77), ("full", 1.0): (0.9, 0.92), ("gradsimcore", 0.05): (0.45, 0.47),
+           ("gradsimcore", 0.2): (0.85, 0.87)}  # gradsimcore: the configured Φ (0.9), the method's own name
     rows = [{"method": m, "fraction": f, "seed": s, "source_model": "mlp", "target_model": "mlp", "n_train": 10,
              "test_acc": a, "best_test_acc": a, "final_test_acc": a, "val_acc": float("nan"), "best_step": 6,
              "epochs": 1.0, "steps": 6, "policy": "steps", "wall_s": 1.0, "config": "{}"}
@@ -329,14 +332,14 @@ def test_sweep_table_has_a_row_per_setting_and_names_the_best(tmp_path: Path) ->
     write_table(root, layout.ACCURACY, pd.DataFrame(rows), "accuracy")
     main, sweep, _ = report.accuracy_tables(cfg, root)
     assert main.frame.method.tolist() == ["full", "random", "gradsimcore@threshold_quantile=0.99",
-                                          "gradsimcore@threshold_quantile=0.5"]
+                                          "gradsimcore@threshold_quantile=0.5", "gradsimcore"]
     frame = sweep.frame
-    assert frame.method.tolist() == ["gradsimcore", "gradsimcore", "random", "best setting"]
-    assert frame.threshold_quantile.tolist() == ["0.99", "0.5", "", ""]
-    assert frame["0.05"].tolist()[:3] == ["32.00 ± 2.83", "51.00 ± 1.41", "40.00 ± 0.00"]
-    assert frame.iloc[-1][["0.05", "0.2"]].tolist() == ["threshold_quantile=0.5", "threshold_quantile=0.99"]
+    assert frame.method.tolist() == ["gradsimcore"] * 3 + ["random", "best setting"]  # no rows yet for Φ=0.95
+    assert frame.threshold_quantile.tolist() == ["0.99", "0.5", "0.9", "", ""] and frame.threshold.eq("").all()
+    assert frame["0.05"].tolist()[:4] == ["32.00 ± 2.83", "51.00 ± 1.41", "46.00 ± 1.41", "40.00 ± 0.00"]
+    assert frame.iloc[-1][["0.05", "0.2"]].tolist() == ["threshold_quantile=0.5", "threshold_quantile=0.9"]
     published = pd.read_csv(tmp_path / "study" / "report" / "sweep_gradsimcore.csv")
-    assert len(published) == 4
+    assert len(published) == 5
 
 
 def test_replicas_give_the_spread_over_source_models(study: StudyRoot, tmp_path: Path) -> None:
