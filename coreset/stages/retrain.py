@@ -299,7 +299,7 @@ def retrain(cfg: StudyConfig, datasets: Datasets, trial: Trial, ids: np.ndarray,
     return {"method": trial.method, "fraction": trial.fraction, "seed": trial.seed, "source_model": cfg.model.name,
             "target_model": trial.target_model, "n_train": len(ids), "test_acc": test_acc, "best_test_acc": max(accs),
             "final_test_acc": final, "val_acc": val_acc, "best_step": best_step,
-            "epochs": steps * min(r.batch_size, len(ids)) / len(ids), "steps": steps, "policy": r.policy,
+            "epochs": steps / math.ceil(len(ids) / r.batch_size), "steps": steps, "policy": r.policy,
             "wall_s": time.perf_counter() - start, "config": json.dumps(trial_settings(cfg), sort_keys=True)}
 
 
