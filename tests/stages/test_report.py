@@ -33,6 +33,7 @@ from coreset.tables import read_table, write_table
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ALL = {s.name for s in report.SPECS}
+OTHER_ROOTS = {"topk_overlap", "source_spread"}  # drawn only with --compare or --replicas
 
 
 def _cfg(*extra: str):
@@ -153,7 +154,7 @@ def test_full_study_gets_every_figure(reported: tuple[Path, report.ReportResult]
     path, result = reported
     index = path / layout.REPORT_INDEX
     assert result.index == StudyRoot(str(path)).url(layout.REPORT_INDEX)
-    assert set(result.drawn) == ALL - {"topk_overlap"} and set(result.notes) == {"topk_overlap"}
+    assert set(result.drawn) == ALL - OTHER_ROOTS and set(result.notes) == OTHER_ROOTS
     page = _page(index)
     assert sorted(page.images) == sorted(f"{n}.png" for n in result.drawn)
     for src in page.images:
@@ -173,7 +174,7 @@ def test_unchanged_inputs_rewrite_nothing(study: StudyRoot) -> None:
     folder = Path(study.path(layout.REPORT))
     before = _mtimes(folder)
     again = report.write_report(_cfg(), study)
-    assert again.drawn == [] and set(again.unchanged) == ALL - {"topk_overlap"}
+    assert again.drawn == [] and set(again.unchanged) == ALL - OTHER_ROOTS
     assert _mtimes(folder) == before
 
 
@@ -219,7 +220,7 @@ def test_compare_draws_the_topk_overlap(study: StudyRoot, tmp_path: Path) -> Non
     rng = np.random.default_rng(0)
     write_table(other_root, layout.scores("max_gradient"), scores.assign(score=rng.permutation(scores.score)), "scores")
     result = report.write_report(_cfg(), study, compare=other_root)
-    assert result.drawn == ["topk_overlap"] and result.notes == {}
+    assert result.drawn == ["topk_overlap"] and set(result.notes) == {"source_spread"}
     curve = pd.read_csv(Path(study.path(layout.report_file("topk_overlap.csv"))))
     assert curve["overlap"].iloc[-1] == pytest.approx(1.0) and curve["overlap"].iloc[0] < 1.0
 
