@@ -39,7 +39,6 @@ import torch
 from coreset import placement
 from coreset.config import StudyConfig
 from coreset.data import Datasets, probe_ids
-from coreset.data.resident import budget_bytes
 from coreset.methods import Inputs, SelectionMethod
 from coreset.models import build_model
 from coreset.placement import Placement
@@ -262,8 +261,7 @@ def retrain_rates(cfg: StudyConfig, datasets: Datasets, split: pd.DataFrame, res
     rates: dict[str, Rate] = {}
     # the data where a trial reads it (resident on its device when it fits), made once before
     # the trials timed at once share it
-    data = datasets.resident(device, budget_bytes(device, cfg.retrain.resident_max_gb,
-                                                  cfg.retrain.gpus_per_trial)) or datasets
+    data, _ = retrain.resident_data(cfg, datasets, device)
 
     def trial(target: str, seed: int) -> tuple[float, float]:
         """One trial's seconds per step and per evaluated test image, on the batches a trial reads."""

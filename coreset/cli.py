@@ -132,15 +132,17 @@ def record_config(cfg: StudyConfig, root: StudyRoot) -> None:
     root.write_bytes(layout.CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
-def check_study(cfg: StudyConfig, root: StudyRoot, ignore: tuple[str, ...] = ()) -> None:
-    """Refuse a root whose recorded config is another study (reads only); keys in ``ignore``
-    may differ (a replica of the study with another ``train.seed``)."""
-    if root.exists(layout.CONFIG):
-        old = recorded_config(root)
-        for key in (k for k in _IDENTITY_KEYS if k not in ignore):
-            a, b = _get(old, key), _get(cfg, key)
-            if a != b:
-                raise ConfigError(f"{root.url()} holds a study with {key}={a!r}, not {b!r}; use another --root")
+def check_study(cfg: StudyConfig, root: StudyRoot, ignore: tuple[str, ...] = (),
+                recorded: StudyConfig | None = None) -> None:
+    """Refuse a root whose recorded config (``recorded``, else read from the root) is another
+    study (reads only); keys in ``ignore`` may differ (a replica with another ``train.seed``)."""
+    if recorded is None and not root.exists(layout.CONFIG):
+        return
+    old = recorded or recorded_config(root)
+    for key in (k for k in _IDENTITY_KEYS if k not in ignore):
+        a, b = _get(old, key), _get(cfg, key)
+        if a != b:
+            raise ConfigError(f"{root.url()} holds a study with {key}={a!r}, not {b!r}; use another --root")
 
 
 def recorded_config(root: StudyRoot) -> StudyConfig:

@@ -8,6 +8,7 @@ as YAML scalars.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -232,8 +233,13 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
 
 
+def setting_label(setting: Mapping[str, Any]) -> str:
+    """A swept setting as instance names and tables write it: ``threshold_quantile=0.5``."""
+    return ",".join(f"{p}={setting_text(v)}" for p, v in setting.items())
+
+
 def instance_name(method: str, setting: Mapping[str, Any]) -> str:
-    return f"{method}@" + ",".join(f"{p}={setting_text(v)}" for p, v in setting.items())
+    return f"{method}@{setting_label(setting)}"
 
 
 @dataclass(frozen=True)
@@ -310,9 +316,6 @@ class ScoreConfig:
             for param, listed in ({} if _is_list(values) else values).items():
                 if not _is_list(listed) or not listed:
                     raise ConfigError(f"{key}.{param} must be a non-empty list of values, got {listed!r}")
-            names = [instance_name(name, s) for s in self._swept(name)]
-            if len(set(names)) != len(names):
-                raise ConfigError(f"{key} lists a setting twice: {', '.join(n for n in names if names.count(n) > 1)}")
         for instance in self.instances:
             self.method_params(instance)
 
@@ -324,16 +327,26 @@ class ScoreConfig:
             return [dict(s) for s in swept]
         return [dict(zip(swept, combo, strict=True)) for combo in itertools.product(*swept.values())]
 
-    def _named_settings(self, name: str) -> list[tuple[str, dict[str, Any]]]:
-        """(instance name, swept setting) of each instance of method ``name``. The setting equal
-        to the method's ``params`` keeps the plain name: its results are the method's own, so a
-        sweep added to a finished study reuses them."""
-        swept = self._swept(name)
-        if not swept:
-            return [(name, {})]
-        plain = self._params(name, {}, f"score.params.{name}.")
-        return [(name if self._params(name, s, f"score.sweep.{name}.") == plain else instance_name(name, s), s)
-                for s in swept]
+    @functools.cached_property
+    def instance_settings(self) -> dict[str, dict[str, Any]]:
+        """Every method instance the study scores, in ``methods`` order, with its swept setting
+        (``{}`` for a method that is not swept). The setting equal to the method's ``params``
+        keeps the plain name: its results are the method's own, so a sweep added to a finished
+        study reuses them. Worked out once (the config is frozen)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.methods:
+            swept = self._swept(name)
+            if not swept:
+                out[name] = {}
+                continue
+            plain = self._params(name, {}, f"score.params.{name}.")
+            for s in swept:
+                instance = name if self._params(name, s, f"score.sweep.{name}.") == plain else instance_name(name, s)
+                if instance in out:  # the same setting twice, or two equal to the method's params
+                    raise ConfigError(f"score.sweep.{name} lists the setting {instance!r} twice "
+                                      f"({setting_label(out[instance])} and {setting_label(s)})")
+                out[instance] = s
+        return out
 
     def _params(self, method: str, setting: Mapping[str, Any], prefix: str) -> Any:
         from coreset.methods import METHODS
@@ -346,15 +359,14 @@ class ScoreConfig:
     def instances(self) -> tuple[str, ...]:
         """The method instances the study scores, in ``methods`` order: a method's own name, or
         for a swept one a name per setting (see the class docstring)."""
-        return tuple(instance for name in self.methods for instance, _ in self._named_settings(name))
+        return tuple(self.instance_settings)
 
     def instance_setting(self, instance: str) -> dict[str, Any]:
         """The swept values of ``instance`` (``{}`` for a method that is not swept)."""
-        if method_of(instance) in self.methods:
-            for name, setting in self._named_settings(method_of(instance)):
-                if name == instance:
-                    return setting
-        raise ConfigError(f"{instance!r} is not a method instance of this study; it scores {', '.join(self.instances)}")
+        if instance not in self.instance_settings:
+            raise ConfigError(f"{instance!r} is not a method instance of this study; it scores "
+                              f"{', '.join(self.instances)}")
+        return self.instance_settings[instance]
 
     def method_params(self, name: str) -> Any:
         """Method (instance) ``name``'s declared parameters: the method's defaults updated by

@@ -54,9 +54,11 @@ def test_overrides_are_typed() -> None:
     ("score.sweep={gradsimcore: {phi: [0.5]}}", "score.sweep.gradsimcore='phi' is not allowed; allowed: threshold,"),
     ("score.sweep={gradsimcore: {threshold_quantile: []}}", "score.sweep.gradsimcore.threshold_quantile must be a "
                                                             "non-empty list"),
-    ("score.sweep={gradsimcore: {threshold_quantile: [0.5, 0.50]}}", "score.sweep.gradsimcore lists a setting twice: "
-                                                                     "gradsimcore@threshold_quantile=0.5"),
+    ("score.sweep={gradsimcore: {threshold_quantile: [0.5, 0.50]}}", "score.sweep.gradsimcore lists the setting "
+                                                                     "'gradsimcore@threshold_quantile=0.5' twice"),
     ("score.sweep={gradsimcore: [{threshold: 0.2}, {phi: 1}]}", "score.sweep.gradsimcore='phi' is not allowed"),
+    ("score.sweep={gradsimcore: [{threshold_quantile: 0.9}, {backend: auto}]}",
+     "score.sweep.gradsimcore lists the setting 'gradsimcore' twice (threshold_quantile=0.9 and backend=auto)"),
     ("score.sweep={gradsimcore: [{threshold: 0.2}, 0.5]}", "score.sweep.gradsimcore must map parameter names"),
     ("score.sweep={gradsimcore: {threshold_quantile: [0.5, 1.5]}}", "score.sweep.gradsimcore.threshold_quantile "
                                                                     "must lie in [0.0, 1.0], got 1.5"),

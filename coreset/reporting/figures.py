@@ -234,8 +234,9 @@ def source_accuracy(src: Sources) -> pd.DataFrame:
     checked to be this study (the same identity but for ``train.seed``) with a seed of its own."""
     frames, seeds = [], {}
     for root in (src.root, *src.replicas):
-        check_study(src.cfg, root, ignore=("train.seed",))
-        seed = source_seed(recorded_config(root))
+        recorded = recorded_config(root)
+        check_study(src.cfg, root, ignore=("train.seed",), recorded=recorded)
+        seed = source_seed(recorded)
         if seed in seeds:
             raise StageError(f"{root.url()} and {seeds[seed]} trained their source models from the same seed "
                              f"{seed}; a replica needs another train.seed")

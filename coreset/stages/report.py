@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from coreset import layout
-from coreset.config import StudyConfig, method_of, setting_text
+from coreset.config import StudyConfig, method_of, setting_label, setting_text
 from coreset.errors import StageError
 from coreset.figures.accuracy import summarise
 from coreset.reporting import published
@@ -210,8 +210,7 @@ def _best_settings(summary: pd.DataFrame, settings: dict[str, dict]) -> pd.DataF
     for target, group in summary[summary.method.isin(list(settings))].groupby("target_model"):
         best = group.loc[group.groupby("fraction")["mean"].idxmax()]
         row = {"target_model": target, "method": "best setting"}
-        row.update({f"{f:g}": ",".join(f"{p}={setting_text(v)}" for p, v in settings[m].items())
-                    for f, m in zip(best.fraction, best.method, strict=True)})
+        row.update({f"{f:g}": setting_label(settings[m]) for f, m in zip(best.fraction, best.method, strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
 

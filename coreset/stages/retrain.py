@@ -229,6 +229,13 @@ def validation_ids(cfg: StudyConfig, val_ids: np.ndarray) -> np.ndarray:
     return np.sort(np.random.default_rng(cfg.seed + 2).choice(val_ids, size, replace=False))
 
 
+def resident_data(cfg: StudyConfig, datasets: Datasets, device: torch.device) -> tuple[Datasets, int]:
+    """The datasets a trial on ``device`` reads (held there when both splits fit in the budget,
+    :meth:`Datasets.resident`), and that budget in bytes."""
+    budget = budget_bytes(device, cfg.retrain.resident_max_gb, cfg.retrain.gpus_per_trial)
+    return datasets.resident(device, budget) or datasets, budget
+
+
 def trial_batches(cfg: StudyConfig, datasets: Datasets, ids: np.ndarray, seed: int, device: torch.device,
                   val_ids: np.ndarray | None) -> tuple[Batches, Batches, Batches | None]:
     """A trial's (train, test, validation) batches: from the splits held on ``device`` when they
@@ -237,8 +244,7 @@ def trial_batches(cfg: StudyConfig, datasets: Datasets, ids: np.ndarray, seed: i
     fits. The same batches either way: the shuffle and the augmentation are drawn on the CPU
     from the trial's seed."""
     r, eval_batch = cfg.retrain, cfg.train.eval_batch_size
-    budget = budget_bytes(device, r.resident_max_gb, r.gpus_per_trial)
-    data = datasets.resident(device, budget) or datasets
+    data, budget = resident_data(cfg, datasets, device)
     train = data.subset_batches(ids, r.batch_size, train=True, shuffle=True, seed=seed,
                                 device=device if budget else None, max_bytes=budget)
     test = data.batches("test", None, eval_batch)
@@ -313,8 +319,8 @@ def trial_settings(cfg: StudyConfig) -> dict[str, Any]:
                 "nesterov": t.nesterov, "schedule": t.schedule, "amp": t.amp, "data": cfg.data.name, "seed": cfg.seed}
     if r.policy == "early_stopping":
         settings.update(validate_every=r.validate_every, patience=r.patience, val_size=r.val_size)
-        settings.update({k: getattr(r, k) for k in ("lr_drops", "min_delta") if getattr(r, k)})  # only when set:
-        # rows of runs without them keep their key
+        # only when set: rows of runs without them keep their key
+        settings.update({k: getattr(r, k) for k in ("lr_drops", "min_delta") if getattr(r, k)})
     return settings
 
 
