@@ -49,6 +49,7 @@ def test_overrides_are_typed() -> None:
     ("score.params.gradsim.threshold=0.5", "score.params='gradsim' is not allowed"),
     ("gradients.factor_epochs=[]", "gradsimcore needs gradients.factor_epochs"),
     ("train.seed=-1", "train.seed must be >= 0"),
+    ("retrain.validate_epochs=-0.5", "retrain.validate_epochs must be >= 0"),
     ("retrain.policy=forever", "retrain.policy='forever' is not allowed; allowed: epochs, steps, early_stopping"),
     ("score.sweep={herding: {x: [1]}}", "score.sweep.herding: 'herding' is not one of score.methods"),
     ("score.sweep={gradsimcore: {phi: [0.5]}}", "score.sweep.gradsimcore='phi' is not allowed; allowed: threshold,"),

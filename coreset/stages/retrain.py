@@ -6,8 +6,8 @@ Every length policy runs optimiser steps split into evaluation intervals: ``epoc
 evaluates after every pass over the subset (DeepCore's 200 epochs); ``steps`` runs a fixed
 budget of steps (reshuffled passes over the subset) and evaluates at evenly spaced points,
 so tiny subsets are not evaluated hundreds of times; ``early_stopping`` (the
-gradient-magnitude paper's) measures validation accuracy every ``validate_every`` steps,
-stops when it stalls, and reports the test accuracy of its best-validation checkpoint.
+gradient-magnitude paper's) measures validation accuracy every ``validate_every`` steps
+(or ``validate_epochs`` passes where longer), stops when it stalls, and reports the test accuracy of its best-validation checkpoint.
 
 Trials run in packs (:func:`trial_packs`), one after another in one process that loads the
 data once. On 2 CPU cores an MNIST trial of 300 steps trains in 15-30 s, and a process of its
@@ -172,7 +172,7 @@ def schedule(cfg: StudyConfig, n: int) -> tuple[int, int]:
         return r.epochs, per_pass
     if r.policy == "early_stopping":
         most = min(r.steps, r.epochs * per_pass)
-        per = min(r.validate_every, most)
+        per = min(max(r.validate_every, math.ceil(r.validate_epochs * per_pass)), most)
         return math.ceil(most / per), per
     intervals = min(r.evaluations, r.steps)
     return intervals, math.ceil(r.steps / intervals)
@@ -320,7 +320,7 @@ def trial_settings(cfg: StudyConfig) -> dict[str, Any]:
     if r.policy == "early_stopping":
         settings.update(validate_every=r.validate_every, patience=r.patience, val_size=r.val_size)
         # only when set: rows of runs without them keep their key
-        settings.update({k: getattr(r, k) for k in ("lr_drops", "min_delta") if getattr(r, k)})
+        settings.update({k: getattr(r, k) for k in ("lr_drops", "min_delta", "validate_epochs") if getattr(r, k)})
     return settings
 
 

@@ -158,6 +158,11 @@ def test_early_stopping_settings_and_schedule() -> None:
                "retrain.batch_size=10")
     assert schedule(cfg, 100) == (6, 50)  # 30 epochs of 10 steps cap the 1000 steps: 300, measured every 50
     assert schedule(cfg, 5) == (1, 30)  # 30 one-step epochs, measured once
+    passes = _cfg("retrain.policy=early_stopping", "retrain.steps=1000", "retrain.validate_every=50",
+                  "retrain.batch_size=10", "retrain.validate_epochs=0.5")
+    assert schedule(passes, 100) == (20, 50)  # half a pass is 5 steps: the 50 steps are longer
+    assert schedule(passes, 2000) == (10, 100)  # half a pass of 200 steps: measured every 100
+    assert "validate_epochs" in trial_settings(passes) and "validate_epochs" not in trial_settings(cfg)
     assert "patience" in trial_settings(cfg) and "patience" not in trial_settings(_cfg())  # other keys unchanged
     assert evaluated_images(cfg, 6, n_test=1000, n_val=300) == 6 * 300 + 2 * 1000  # measured, then last and best
     assert evaluated_images(_cfg(), 2, n_test=1000, n_val=300) == 2 * 1000
