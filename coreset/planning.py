@@ -44,6 +44,7 @@ class PlanRow:
     seconds_each: float | None  # estimated; None: no rate for this unit's device
     start_s: float | None  # the stage's start-up, once, when it has work left (None: no rate)
     rate: str  # the estimate's source: "recorded", "calibrated" or "none"
+    note: str = ""  # what the estimate assumes, where that is not plain
 
     @property
     def todo(self) -> int:
@@ -109,10 +110,11 @@ class _Rates:
 
 
 def _row(stage: str, unit_name: str, units: int, done: int, unit: Placement, seconds_each: float | None,
-         start_s: float | None, source: str) -> PlanRow:
+         start_s: float | None, source: str, note: str = "") -> PlanRow:
     if seconds_each is None or start_s is None:
         seconds_each, start_s, source = None, None, "none"
-    return PlanRow(stage, unit_name, units, done, unit.cpus, unit.gpus, unit.parallel, seconds_each, start_s, source)
+    return PlanRow(stage, unit_name, units, done, unit.cpus, unit.gpus, unit.parallel, seconds_each, start_s, source,
+                   note)
 
 
 def _train(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
@@ -199,24 +201,74 @@ def _score(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[st
     return rows
 
 
+STOPPED_SAMPLE = 8  # finished trials read per method and fraction for the share of their maximum they ran
+
+_ShareKey = tuple[str, float] | float | None
+
+
+def _stopped_shares(cfg: StudyConfig, root: StudyRoot, work: retrain.RetrainPlan, n_train: int
+                    ) -> dict[_ShareKey, float]:
+    """Under early stopping, the mean share of its maximum steps that the root's finished
+    trials ran: per (method, fraction), per fraction and over all (``None``); empty without
+    finished trials. A trial stops when validation accuracy stalls, which no count foretells,
+    and most stop far short of their bound (MNIST's 10% subsets ran 1,100-2,600 of their
+    8,000 steps), but trials of one method and fraction stop at a similar share: a swept
+    method's new settings are timed by its finished ones (GradSimCore's 10% trials ran 1.4x
+    the steps of the fraction's average). At most ``STOPPED_SAMPLE`` rows a method and
+    fraction are read."""
+    if cfg.retrain.policy != "early_stopping":
+        return {}
+    pending = set(work.pending)
+    groups: dict[tuple[str, float], list[float]] = {}
+    for trial in work.grid:
+        shares = groups.setdefault((method_of(trial.method), trial.fraction), [])
+        if trial in pending or len(shares) >= STOPPED_SAMPLE:
+            continue
+        intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
+        steps = read_table(root, work.row_path(trial), "accuracy").steps.iloc[0]
+        shares.append(min(1.0, float(steps) / (intervals * per)))
+    pooled: dict[_ShareKey, list[float]] = {}
+    for (method, fraction), shares in groups.items():
+        for key in ((method, fraction), fraction, None):
+            pooled.setdefault(key, []).extend(shares)
+    return {key: float(np.mean(shares)) for key, shares in pooled.items() if shares}
+
+
+def _stopped_share(shares: dict[_ShareKey, float], trial: retrain.Trial) -> float:
+    """The share of its maximum a pending trial is timed at: its method's and fraction's, else
+    its fraction's, else every finished trial's, else 1 (the maximum)."""
+    for key in ((method_of(trial.method), trial.fraction), trial.fraction, None):
+        if key in shares:
+            return shares[key]
+    return 1.0
+
+
 def _retrain(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
              ) -> list[PlanRow]:
-    """Per trial: its steps, and its share of its pack's start (the packs the stage would run)."""
+    """Per trial: its steps, and its share of its pack's start (the packs the stage would run).
+    Under early stopping a trial's steps are its maximum, or the share of it that the root's
+    finished trials of its method and fraction ran (:func:`_stopped_shares`); the note says which."""
     work = retrain.plan(cfg, root)
     unit = placement.trial(cfg, resources)
     n_train = len(counts.train)
     trials = work.pending or work.grid
+    shares = _stopped_shares(cfg, root, work, n_train)
     per_trial = []
     for trial in trials:
         intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
-        per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per))
+        share = _stopped_share(shares, trial)
+        per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per * share))
     pack_start = rates.seconds("retrain.pack_start", unit, 1)
     packs = len(retrain.trial_packs(cfg, trials, n_train, unit.parallel))
     each = (None if pack_start is None or any(s is None for s in per_trial)
             else float(np.mean(per_trial)) + pack_start * packs / len(trials))
     keys = ["retrain.start", "retrain.pack_start"] + sorted({f"retrain.{t.target_model}.step" for t in work.grid})
+    note = ""
+    if cfg.retrain.policy == "early_stopping":
+        note = ("early stopping: trials timed at the share of their maximum that the finished ones ran" if shares
+                else "early stopping: trials timed at their maximum length (most stop sooner)")
     return [_row("retrain", "trial", len(work.grid), len(work.grid) - len(work.pending), unit, each,
-                 rates.seconds("retrain.start", unit, 1), rates.source(keys, unit))]
+                 rates.seconds("retrain.start", unit, 1), rates.source(keys, unit), note)]
 
 
 def _report(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[str, float], rates: _Rates
@@ -279,6 +331,7 @@ def format_plan(rows: list[PlanRow], resources: dict[str, float], calibrated: bo
                            "per unit": _time(r.seconds_each) if r.todo else "-",
                            "wall": _time(r.wall_s), "rate": r.rate if r.todo else "-"} for r in rows])
     lines = table.to_string(index=False).splitlines()
+    lines += [f"{r.stage}: {r.note}" for r in rows if r.note and r.todo]
     stage_s: dict[str, float | None] = {}
     for r in rows:
         if r.stage not in stage_s or stage_s[r.stage] is not None:

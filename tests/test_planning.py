@@ -17,12 +17,14 @@ from studies import synthetic_study
 from coreset import layout, placement
 from coreset.calibrate import calibrate, sharing
 from coreset.cli import parse_job_args
+from coreset.config import method_of
 from coreset.data import load_datasets
 from coreset.planning import Counts, format_plan, plan_frame, plan_study
 from coreset.rates import Rate, read_rates, record_rates
 from coreset.stages import gradients, retrain, score
 from coreset.stages.train import train_source
 from coreset.storage import StudyRoot
+from coreset.tables import write_table
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["train", "gradients", "score", "retrain", "report"]
@@ -110,6 +112,61 @@ def test_done_work_is_counted_from_the_root(tmp_path: Path) -> None:
     rows = plan_study(cfg, root, ["train", "gradients"], counts, CPU2, _rates())
     assert (rows[0].units, rows[0].done, rows[0].wall_s) == (1, 1, 0.0)
     assert [r.unit for r in rows[1:]] == ["shard x final checkpoint"] and rows[1].done == 0
+
+
+def test_early_stopping_trials_are_timed_at_the_share_of_their_maximum_that_finished_ones_ran(
+        tmp_path: Path) -> None:
+    cfg = _study("retrain.policy=early_stopping", "retrain.steps=40", "retrain.validate_every=10",
+                 "retrain.patience=1", "retrain.batch_size=32",
+                 "score.sweep={gradsimcore: {threshold_quantile: [0.5, 0.9]}}")  # 0.9: the plain name
+    root = StudyRoot(str(tmp_path))
+    datasets = load_datasets(cfg.data)
+    counts = Counts.of(cfg, root, datasets)
+    n_train, r = len(counts.train), _rates()
+
+    def most(trial: retrain.Trial) -> int:
+        intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
+        return intervals * per
+
+    def seconds_each(trials: list[retrain.Trial], shares: list[float]) -> float:
+        """Steps at the rate, and each trial's part of its pack's start."""
+        packs = len(retrain.trial_packs(cfg, trials, n_train, 2))
+        steps = np.mean([most(t) * share for t, share in zip(trials, shares, strict=True)])
+        return steps * r["retrain.mnist_cnn.step"].seconds + r["retrain.pack_start"].seconds * packs / len(trials)
+
+    grid = retrain.trial_grid(cfg)
+    fresh = plan_study(cfg, root, ["retrain"], counts, CPU2, r)[0]
+    assert fresh.seconds_each == pytest.approx(seconds_each(grid, [1.0] * len(grid)))
+    assert "at their maximum" in fresh.note and fresh.note in "\n".join(format_plan([fresh], CPU2))
+
+    # A real trial's row, written as the stage writes it, with the steps each finished trial ran:
+    # the full data a quarter of its maximum, each method at 10% (seed 0) its own share.
+    split = counts.split
+    full = retrain.Trial("full", 1.0, 0, "mnist_cnn")
+    row = retrain.retrain(cfg, datasets, full, np.sort(split.sample_id[split.split == "train"].to_numpy()),
+                          val_ids=np.sort(split.sample_id[split.split == "val"].to_numpy()))
+    work = retrain.plan(cfg, root)
+    ran = {"full": 0.25, "random": 0.5, "max_gradient": 0.75, "gradsimcore": 1.0}
+    finished = {t: int(most(t) * ran[t.method]) for t in grid
+                if t.seed == 0 and (t.method == "full" or (t.fraction == 0.1 and t.method in ran))}
+    for trial, steps in finished.items():
+        write_table(root, work.row_path(trial), pd.DataFrame([{**row, **trial.__dict__, "steps": steps}]), "accuracy")
+    share = {t: steps / most(t) for t, steps in finished.items()}
+    everyone = np.mean(list(share.values()))
+
+    def expected(trial: retrain.Trial) -> float:
+        """Its method's (a swept setting: its method's) at its fraction, else the mean of all:
+        no 0.5 trial has finished."""
+        same = [v for t, v in share.items() if t.method == method_of(trial.method) and t.fraction == trial.fraction]
+        return float(np.mean(same)) if same else everyone
+
+    pending = [t for t in grid if t not in finished]
+    assert {t.method for t in pending} >= {"gradsimcore@threshold_quantile=0.5"}
+    resumed = plan_study(cfg, root, ["retrain"], counts, CPU2, r)[0]
+    assert resumed.done == len(finished) == 4
+    assert resumed.seconds_each == pytest.approx(seconds_each(pending, [expected(t) for t in pending]))
+    assert expected(retrain.Trial("gradsimcore@threshold_quantile=0.5", 0.1, 1, "mnist_cnn")) > 0.9
+    assert "that the finished ones ran" in resumed.note
 
 
 def test_recorded_rates_merge_and_round_trip(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ evaluates after every pass over the subset (DeepCore's 200 epochs); ``steps`` ru
 budget of steps (reshuffled passes over the subset) and evaluates at evenly spaced points,
 so tiny subsets are not evaluated hundreds of times; ``early_stopping`` (the
 gradient-magnitude paper's) measures validation accuracy every ``validate_every`` steps
-(or ``validate_epochs`` passes where longer), stops when it stalls, and reports the test accuracy of its best-validation checkpoint.
+(or ``validate_epochs`` passes where longer), stops when it stalls, and reports the test
+accuracy of its best-validation checkpoint.
 
 Trials run in packs (:func:`trial_packs`), one after another in one process that loads the
 data once. On 2 CPU cores an MNIST trial of 300 steps trains in 15-30 s, and a process of its
