@@ -403,9 +403,10 @@ class RetrainConfig:
     ``val_size`` images of the study's validation split; 0: all of them), and stop when it
     has not improved for ``patience`` measurements. ``validate_epochs`` keeps patience a
     length of training on the large subsets too: counted in steps alone, MNIST's full-data
-    reference stalled after half a pass at a time and stopped 0.1% below a 10% subset. A row then holds the test
-    accuracy of the best-validation checkpoint (``test_acc``) beside the last one's
-    (``final_test_acc``), with its validation accuracy and the steps it ran. Its learning
+    reference stalled after half a pass at a time and stopped 0.1% below a 10% subset. A
+    row then holds the test accuracy of the best-validation checkpoint (``test_acc``)
+    beside the last one's (``final_test_acc``), with its validation accuracy and the steps
+    it ran. Its learning
     rate is constant (``train.lr``): one decaying over the maximum would keep validation
     accuracy rising until the maximum. With ``lr_drops`` > 0 a stall first divides the rate
     by 10 and patience starts again, up to ``lr_drops`` times, before it stops: the

@@ -216,7 +216,7 @@ def _stopped_shares(cfg: StudyConfig, root: StudyRoot, work: retrain.RetrainPlan
     method's new settings are timed by its finished ones (GradSimCore's 10% trials ran 1.4x
     the steps of the fraction's average). At most ``STOPPED_SAMPLE`` rows a method and
     fraction are read."""
-    if cfg.retrain.policy != "early_stopping":
+    if cfg.retrain.policy != "early_stopping" or not work.pending:
         return {}
     pending = set(work.pending)
     groups: dict[tuple[str, float], list[float]] = {}
@@ -224,9 +224,8 @@ def _stopped_shares(cfg: StudyConfig, root: StudyRoot, work: retrain.RetrainPlan
         shares = groups.setdefault((method_of(trial.method), trial.fraction), [])
         if trial in pending or len(shares) >= STOPPED_SAMPLE:
             continue
-        intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
         steps = read_table(root, work.row_path(trial), "accuracy").steps.iloc[0]
-        shares.append(min(1.0, float(steps) / (intervals * per)))
+        shares.append(min(1.0, float(steps) / retrain.trial_steps(cfg, trial, n_train)))
     pooled: dict[_ShareKey, list[float]] = {}
     for (method, fraction), shares in groups.items():
         for key in ((method, fraction), fraction, None):
@@ -255,9 +254,8 @@ def _retrain(cfg: StudyConfig, root: StudyRoot, counts: Counts, resources: dict[
     shares = _stopped_shares(cfg, root, work, n_train)
     per_trial = []
     for trial in trials:
-        intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
-        share = _stopped_share(shares, trial)
-        per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, intervals * per * share))
+        steps = retrain.trial_steps(cfg, trial, n_train) * _stopped_share(shares, trial)
+        per_trial.append(rates.seconds(f"retrain.{trial.target_model}.step", unit, steps))
     pack_start = rates.seconds("retrain.pack_start", unit, 1)
     packs = len(retrain.trial_packs(cfg, trials, n_train, unit.parallel))
     each = (None if pack_start is None or any(s is None for s in per_trial)

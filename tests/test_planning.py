@@ -3,6 +3,7 @@ ran, what the root already holds, estimates as counts times measured rates, cali
 real batches, and the job flag that writes nothing."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -126,7 +127,7 @@ def test_early_stopping_trials_are_timed_at_the_share_of_their_maximum_that_fini
 
     def most(trial: retrain.Trial) -> int:
         intervals, per = retrain.schedule(cfg, retrain.trial_images(trial, n_train))
-        return intervals * per
+        return intervals * per  # what retrain.trial_steps gives, worked out here from the schedule
 
     def seconds_each(trials: list[retrain.Trial], shares: list[float]) -> float:
         """Steps at the rate, and each trial's part of its pack's start."""
@@ -150,7 +151,8 @@ def test_early_stopping_trials_are_timed_at_the_share_of_their_maximum_that_fini
     finished = {t: int(most(t) * ran[t.method]) for t in grid
                 if t.seed == 0 and (t.method == "full" or (t.fraction == 0.1 and t.method in ran))}
     for trial, steps in finished.items():
-        write_table(root, work.row_path(trial), pd.DataFrame([{**row, **trial.__dict__, "steps": steps}]), "accuracy")
+        written = {**row, **dataclasses.asdict(trial), "steps": steps}
+        write_table(root, work.row_path(trial), pd.DataFrame([written]), "accuracy")
     share = {t: steps / most(t) for t, steps in finished.items()}
     everyone = np.mean(list(share.values()))
 

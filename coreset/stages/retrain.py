@@ -142,11 +142,15 @@ LR_DROP = 0.1  # early stopping's rate drop on a stall (retrain.lr_drops)
 PACKS_PER_SLOT = 4  # packs per trial slot when retrain.trials_per_pack is 0: the last round stays short
 
 
+def trial_steps(cfg: StudyConfig, trial: Trial, n_train: int) -> int:
+    """The optimiser steps a trial runs: under ``early_stopping`` the most it may run."""
+    intervals, per_interval = schedule(cfg, trial_images(trial, n_train))
+    return intervals * per_interval
+
+
 def trial_cost(cfg: StudyConfig, trial: Trial, n_train: int) -> int:
     """Images a trial's optimiser steps go through: its training cost, up to its model's rate."""
-    n = trial_images(trial, n_train)
-    intervals, per_interval = schedule(cfg, n)
-    return intervals * per_interval * min(cfg.retrain.batch_size, n)
+    return trial_steps(cfg, trial, n_train) * min(cfg.retrain.batch_size, trial_images(trial, n_train))
 
 
 def trial_packs(cfg: StudyConfig, trials: list[Trial], n_train: int, slots: int) -> list[list[Trial]]:
